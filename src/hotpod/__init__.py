@@ -1,0 +1,102 @@
+"""hotpod: run ordinary Python functions and classes on a pool of pods, call them like local code.
+
+    import hotpod as kt
+
+    remote_train = kt.fn(train).to(kt.Compute(cpus="0.5", replicas=3))
+    results = remote_train(data, epochs=10)   # one result per pod, in rank order
+
+Names are imported lazily so that ``import hotpod`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "BroadcastError": "hotpod.errors",
+    "CallError": "hotpod.errors",
+    "CallOptions": "hotpod.client",
+    "CallTimeoutError": "hotpod.errors",
+    "Cls": "hotpod.module",
+    "Compute": "hotpod.compute",
+    "DeployError": "hotpod.errors",
+    "Endpoint": "hotpod.endpoint",
+    "Fn": "hotpod.module",
+    "HotpodError": "hotpod.errors",
+    "Image": "hotpod.image",
+    "PodUnreachableError": "hotpod.errors",
+    "RemoteCls": "hotpod.module",
+    "RemoteError": "hotpod.errors",
+    "RemoteFn": "hotpod.module",
+    "ResourceUnavailableError": "hotpod.errors",
+    "Secret": "hotpod.secret",
+    "ServiceNotFoundError": "hotpod.errors",
+    "SpecError": "hotpod.errors",
+    "Volume": "hotpod.volume",
+    "cls": "hotpod.module",
+    "fn": "hotpod.module",
+}
+
+__all__ = [
+    "BroadcastError",
+    "CallError",
+    "CallOptions",
+    "CallTimeoutError",
+    "Cls",
+    "Compute",
+    "DeployError",
+    "Endpoint",
+    "Fn",
+    "HotpodError",
+    "Image",
+    "PodUnreachableError",
+    "RemoteCls",
+    "RemoteError",
+    "RemoteFn",
+    "ResourceUnavailableError",
+    "Secret",
+    "ServiceNotFoundError",
+    "SpecError",
+    "Volume",
+    "__version__",
+    "cls",
+    "fn",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hotpod' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from hotpod.client import CallOptions
+    from hotpod.compute import Compute
+    from hotpod.endpoint import Endpoint
+    from hotpod.errors import (
+        BroadcastError,
+        CallError,
+        CallTimeoutError,
+        DeployError,
+        HotpodError,
+        PodUnreachableError,
+        RemoteError,
+        ResourceUnavailableError,
+        ServiceNotFoundError,
+        SpecError,
+    )
+    from hotpod.image import Image
+    from hotpod.module import Cls, Fn, RemoteCls, RemoteFn, cls, fn
+    from hotpod.secret import Secret
+    from hotpod.volume import Volume

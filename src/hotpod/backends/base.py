@@ -1,0 +1,102 @@
+"""The types that cross the backend seam."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotpod.store import Store
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A backend-neutral description of a pool: what ``.to()`` asks the backend to make true.
+
+    ``template`` is everything that defines a pod (resources, env, volumes...): when it changes,
+    pods are replaced. ``replicas`` changes only scale the pool.
+    """
+
+    name: str
+    replicas: int
+    template: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    rank: int
+    url: str
+    status: str  # starting | running | restarting | stopped
+    restarts: int = 0
+    pid: int | None = None
+    last_exit: int | None = None
+    log_path: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    token: str
+    replicas: int
+    pods: tuple[PodInfo, ...]
+    created_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    template: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServiceInfo:
+        pods = tuple(PodInfo(**p) for p in d.get("pods", ()))
+        return cls(
+            name=d["name"],
+            token=d["token"],
+            replicas=d["replicas"],
+            pods=pods,
+            created_at=d["created_at"],
+            labels=d.get("labels") or {},
+            meta=d.get("meta") or {},
+            template=d.get("template") or {},
+        )
+
+
+class Backend(abc.ABC):
+    """Where pods come from. Implementations: ``local`` (embedded), later ``kubernetes``."""
+
+    name: str
+
+    @abc.abstractmethod
+    def store(self) -> Store:
+        """The content-addressed store the pods of this backend read code from."""
+
+    @abc.abstractmethod
+    def check(self, plan: Plan) -> None:
+        """Raise ResourceUnavailableError when the backend can never meet the plan."""
+
+    @abc.abstractmethod
+    def apply(self, plan: Plan) -> ServiceInfo:
+        """Create the pool or patch it to match the plan; returns at once (pods may be starting)."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> ServiceInfo:
+        """The service; raises ServiceNotFoundError."""
+
+    @abc.abstractmethod
+    def list(self) -> list[ServiceInfo]: ...
+
+    @abc.abstractmethod
+    def teardown(self, name: str) -> bool:
+        """Delete the service and its pods; False if there was none."""
+
+    @abc.abstractmethod
+    def teardown_all(self) -> list[str]:
+        """Delete every service; returns their names."""
+
+    @abc.abstractmethod
+    def logs(
+        self, name: str, pod: str | None = None, follow: bool = False, tail: int | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """(pod, line) pairs of the service's pod logs."""

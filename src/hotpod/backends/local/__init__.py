@@ -1,0 +1,1 @@
+"""The embedded local backend: pods are detached process groups on this machine."""

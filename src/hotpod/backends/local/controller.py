@@ -1,0 +1,415 @@
+"""The local controller: the part kubelet and the API server play in a cluster.
+
+One controller runs per ``HOTPOD_HOME``, started on demand by the client and detached from it. It
+serves a small JSON API on a Unix socket inside ``HOTPOD_HOME`` (a directory only its owner can
+enter), keeps the registry in SQLite, starts each pod as a detached process group, holds replica
+counts and restarts crashed pods with exponential backoff. Pods keep running when the client exits;
+a restarted controller adopts the pods it finds alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from hotpod.backends.local.registry import Registry
+from hotpod.config import Settings, reload_settings
+
+MONITOR_INTERVAL = 0.2
+MAX_BACKOFF = 30.0
+STABLE_AFTER = 60.0
+STOP_GRACE = 5.0
+
+
+@dataclass
+class Pod:
+    service: str
+    rank: int
+    name: str
+    port: int
+    pid: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    consecutive: int = 0
+    last_exit: int | None = None
+    status: str = "starting"
+    next_start: float = 0.0
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            p = psutil.Process(self.pid)
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def exit_code(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "name": self.name,
+            "port": self.port,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Controller:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.home / "registry.sqlite")
+        self.services: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, list[Pod]] = {}
+        self.lock = asyncio.Lock()
+        self.server: uvicorn.Server | None = None
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def pod_root(self, service: str, pod: str) -> Path:
+        return self.settings.pods_dir / service / pod
+
+    def log_path(self, service: str, pod: str) -> Path:
+        return self.settings.home / "logs" / service / f"{pod}.log"
+
+    # -- state ------------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Load the registry; adopt pods still alive, schedule the rest to start."""
+        for svc in self.registry.services():
+            self.services[svc["name"]] = svc
+            pods = []
+            for rec in self.registry.pods(svc["name"]):
+                pod = Pod(service=svc["name"], **rec)
+                if pod.alive() and self._is_our_pod(pod):
+                    pod.status = "running"
+                else:
+                    pod.pid = None
+                    pod.status = "restarting"
+                pods.append(pod)
+            self.pods[svc["name"]] = pods
+
+    def _is_our_pod(self, pod: Pod) -> bool:
+        try:
+            return "hotpod.runtime.supervisor" in " ".join(psutil.Process(pod.pid).cmdline())
+        except psutil.Error:
+            return False
+
+    def describe(self, name: str) -> dict[str, Any]:
+        svc = self.services[name]
+        pods = []
+        for pod in self.pods.get(name, []):
+            pods.append(
+                {
+                    "name": pod.name,
+                    "rank": pod.rank,
+                    "url": f"http://127.0.0.1:{pod.port}",
+                    "status": pod.status,
+                    "restarts": pod.restarts,
+                    "pid": pod.pid,
+                    "last_exit": pod.last_exit,
+                    "log_path": str(self.log_path(name, pod.name)),
+                }
+            )
+        return {**{k: v for k, v in svc.items() if k != "template_hash"}, "pods": pods}
+
+    # -- pods -------------------------------------------------------------------------------
+
+    def start_pod(self, pod: Pod) -> None:
+        svc = self.services[pod.service]
+        tpl = svc["template"]
+        root = self.pod_root(pod.service, pod.name)
+        (root / ".hotpod").mkdir(parents=True, exist_ok=True)
+        for vol in tpl.get("volumes", []):
+            target = self.settings.volumes_dir / vol["name"]
+            target.mkdir(parents=True, exist_ok=True)
+            link = root / vol["mount_path"].lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                if link.is_symlink() and Path(os.readlink(link)) == target:
+                    continue
+                if link.is_symlink() or link.is_file():
+                    link.unlink()
+                else:
+                    shutil.rmtree(link)
+            link.symlink_to(target, target_is_directory=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPOD_")}
+        env.update(tpl.get("env", {}))
+        env.update(
+            {
+                "HOTPOD_POD": "1",
+                "HOTPOD_HOME": str(self.settings.home),
+                "HOTPOD_SERVICE": pod.service,
+                "HOTPOD_POD_NAME": pod.name,
+                "HOTPOD_RANK": str(pod.rank),
+                "HOTPOD_WORLD_SIZE": str(svc["replicas"]),
+                "HOTPOD_TOKEN": svc["token"],
+                "HOTPOD_POD_ROOT": str(root),
+                "HOTPOD_STORE": str(self.settings.store_dir),
+                "HOTPOD_PORT": str(pod.port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        gpus = int(tpl.get("gpus") or 0)
+        if gpus:
+            total = int(tpl.get("machine_gpus") or gpus)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(
+                str((pod.rank * gpus + i) % total) for i in range(gpus)
+            )
+        log = self.log_path(pod.service, pod.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pod {pod.name} starting\n".encode())
+            fh.flush()
+            pod.popen = subprocess.Popen(
+                [tpl.get("python") or sys.executable, "-m", "hotpod.runtime.supervisor"],
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pod.pid = pod.popen.pid
+        pod.started_at = time.time()
+        pod.status = "running"
+        self.registry.save_pod(pod.service, pod.record())
+
+    def _signal_group(self, pod: Pod, sig: int) -> None:
+        if pod.pid is None:
+            return
+        try:
+            os.killpg(pod.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop_pod(self, pod: Pod) -> None:
+        pod.status = "stopped"
+        self._signal_group(pod, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while pod.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._signal_group(pod, signal.SIGKILL)
+        if pod.popen is not None:
+            try:
+                pod.popen.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+
+    async def monitor(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            async with self.lock:
+                now = time.time()
+                for pods in self.pods.values():
+                    for pod in pods:
+                        self._tend(pod, now)
+
+    def _tend(self, pod: Pod, now: float) -> None:
+        if pod.status == "running" and not pod.alive():
+            pod.last_exit = pod.exit_code()
+            self._signal_group(pod, signal.SIGKILL)  # what the pod left behind goes too
+            ran = now - (pod.started_at or now)
+            pod.consecutive = 1 if ran > STABLE_AFTER else pod.consecutive + 1
+            delay = min(0.2 * 2 ** (pod.consecutive - 1), MAX_BACKOFF)
+            pod.restarts += 1
+            pod.status = "restarting"
+            pod.next_start = now + delay
+            pod.popen = None
+            self.registry.save_pod(pod.service, pod.record())
+            print(
+                f"pod {pod.name} exited (code {pod.last_exit}); restart {pod.restarts} in {delay:.1f} s",
+                flush=True,
+            )
+        elif pod.status == "restarting" and now >= pod.next_start:
+            try:
+                self.start_pod(pod)
+            except OSError as exc:
+                pod.next_start = now + MAX_BACKOFF
+                print(f"pod {pod.name} failed to start: {exc}", flush=True)
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def apply(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        replicas = int(body["replicas"])
+        template = body["template"]
+        thash = template_hash(template)
+        async with self.lock:
+            svc = self.services.get(name)
+            if svc is None:
+                svc = {
+                    "name": name,
+                    "token": secrets.token_urlsafe(32),
+                    "replicas": replicas,
+                    "template": template,
+                    "template_hash": thash,
+                    "labels": body.get("labels", {}),
+                    "meta": body.get("meta", {}),
+                    "created_at": time.time(),
+                }
+                self.services[name] = svc
+                self.pods[name] = []
+                replace = False
+            else:
+                replace = svc["template_hash"] != thash
+                svc.update(
+                    replicas=replicas,
+                    template=template,
+                    template_hash=thash,
+                    labels=body.get("labels", svc["labels"]),
+                    meta=body.get("meta", svc["meta"]),
+                )
+            self.registry.save_service(svc)
+            pods = self.pods[name]
+            while len(pods) > replicas:
+                pod = pods.pop()
+                await self.stop_pod(pod)
+                self.registry.delete_pod(name, pod.rank)
+                shutil.rmtree(self.pod_root(name, pod.name), ignore_errors=True)
+            if replace:
+                await asyncio.gather(*(self.stop_pod(p) for p in pods))
+                for pod in pods:
+                    self.start_pod(pod)
+            used = {p.port for ps in self.pods.values() for p in ps}
+            for rank in range(len(pods), replicas):
+                port = free_port()
+                while port in used:
+                    port = free_port()
+                pod = Pod(service=name, rank=rank, name=f"{name}-{rank}", port=port)
+                pods.append(pod)
+                self.start_pod(pod)
+            return self.describe(name)
+
+    async def delete(self, name: str) -> bool:
+        async with self.lock:
+            if name not in self.services:
+                return False
+            pods = self.pods.pop(name, [])
+            await asyncio.gather(*(self.stop_pod(p) for p in pods))
+            del self.services[name]
+            self.registry.delete_service(name)
+            shutil.rmtree(self.settings.pods_dir / name, ignore_errors=True)
+            return True
+
+
+def build_app(ctl: Controller) -> Starlette:
+    async def ping(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "pid": os.getpid(), "home": str(ctl.settings.home)})
+
+    async def list_services(_: Request) -> JSONResponse:
+        return JSONResponse([ctl.describe(n) for n in sorted(ctl.services)])
+
+    async def get_service(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if name not in ctl.services:
+            return JSONResponse({"error": f"no service named {name!r}"}, status_code=404)
+        return JSONResponse(ctl.describe(name))
+
+    async def put_service(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            int(body["replicas"])
+            dict(body["template"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"malformed apply request: {exc!r}"}, status_code=400)
+        try:
+            return JSONResponse(await ctl.apply(request.path_params["name"], body))
+        except OSError as exc:
+            return JSONResponse({"error": f"could not start pods: {exc}"}, status_code=500)
+
+    async def delete_service(request: Request) -> JSONResponse:
+        found = await ctl.delete(request.path_params["name"])
+        return JSONResponse({"deleted": found}, status_code=200 if found else 404)
+
+    async def delete_all(_: Request) -> JSONResponse:
+        names = sorted(ctl.services)
+        await asyncio.gather(*(ctl.delete(n) for n in names))
+        return JSONResponse({"deleted": names})
+
+    async def shutdown(_: Request) -> JSONResponse:
+        if ctl.server is not None:
+            ctl.server.should_exit = True
+        return JSONResponse({"stopping": True, "services": sorted(ctl.services)})
+
+    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(ctl.monitor())
+        yield
+        task.cancel()
+
+    return Starlette(
+        routes=[
+            Route("/ping", ping),
+            Route("/services", list_services),
+            Route("/services", delete_all, methods=["DELETE"]),
+            Route("/services/{name}", get_service),
+            Route("/services/{name}", put_service, methods=["PUT"]),
+            Route("/services/{name}", delete_service, methods=["DELETE"]),
+            Route("/shutdown", shutdown, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def main() -> int:
+    settings = reload_settings()
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = open(settings.home / "controller.lock", "w")  # noqa: SIM115 (held for life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another controller serves this HOTPOD_HOME; exiting", flush=True)
+        return 0
+    sock = settings.controller_socket
+    sock.unlink(missing_ok=True)
+    ctl = Controller(settings)
+    ctl.adopt()
+    print(f"controller {os.getpid()} serving {settings.home}", flush=True)
+    config = uvicorn.Config(
+        build_app(ctl), uds=str(sock), log_level="warning", access_log=False, lifespan="on"
+    )
+    ctl.server = uvicorn.Server(config)
+    ctl.server.run()
+    sock.unlink(missing_ok=True)
+    print("controller stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Calls from the client to the pods of a service, over HTTP.
+
+One keep-alive connection pool per handle; a call to one pod runs in the caller's thread, a
+broadcast runs one thread per pod. Log lines the pods stream back are printed as they arrive,
+each prefixed with its pod's name. Errors of httpx are translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import httpx
+
+from hotpod import transport, wire
+from hotpod.backends.base import PodInfo
+from hotpod.errors import (
+    BroadcastError,
+    CallError,
+    CallTimeoutError,
+    DeployError,
+    PodUnreachableError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+)
+
+CONNECT_TIMEOUT = 5.0
+#: how long a call keeps retrying a pod that refuses connections (it is restarting)
+RECONNECT_WINDOW = 30.0
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Options of a call, set on a handle with ``handle.with_options(...)``.
+
+    ``timeout``: seconds for the whole call (None: no limit); ``serialization``: ``"auto"``
+    (JSON when the values survive it unchanged, else pickle), ``"json"`` or ``"pickle"``;
+    ``stream_logs``: print the call's output here as it happens.
+    """
+
+    timeout: float | None = None
+    serialization: str = "auto"
+    stream_logs: bool = True
+
+    def __post_init__(self) -> None:
+        from hotpod.errors import SpecError
+
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or self.timeout <= 0
+        ):
+            raise SpecError(f"timeout={self.timeout!r}: expected a number of seconds > 0, or None")
+        if self.serialization not in wire.SERIALIZATIONS:
+            raise SpecError(
+                f"serialization={self.serialization!r}: expected one of "
+                f"{', '.join(map(repr, wire.SERIALIZATIONS))}"
+            )
+        if not isinstance(self.stream_logs, bool):
+            raise SpecError(f"stream_logs={self.stream_logs!r}: expected True or False")
+
+
+_print_lock = threading.Lock()
+
+
+def _print_log(pod: str, line: bytes, out: TextIO | None) -> None:
+    stream = out or sys.stdout
+    with _print_lock:
+        stream.write(f"({pod}) {line.decode('utf-8', 'replace')}\n")
+        stream.flush()
+
+
+def rebuild_error(info: dict[str, Any], pickled: bytes | None) -> BaseException:
+    """The remote exception as its own type when it can be imported here, else RemoteError."""
+    exc: BaseException | None = None
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+        except Exception:
+            exc = None
+    if exc is None:
+        try:
+            obj: Any = importlib.import_module(info["module"])
+            for part in info["qualname"].split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                exc = obj(info["message"])
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(
+            info.get("message", ""),
+            type_name=info.get("type", ""),
+            remote_traceback=info.get("traceback", ""),
+            pod=info.get("pod"),
+            rank=info.get("rank"),
+        )
+    exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(raised on pod {info.get('pod')}, rank {info.get('rank')})")
+    return exc
+
+
+class PodClient:
+    """HTTP access to the pods of one service."""
+
+    def __init__(self, service: str, token: str, log_out: TextIO | None = None) -> None:
+        self.service = service
+        self.log_out = log_out
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION,
+        }
+        self._transport = transport.Transport(CONNECT_TIMEOUT)
+        self._http = httpx.Client(
+            headers=self._headers,
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None, write=None, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._http.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(self, pod: PodInfo, method: str, args: tuple, kwargs: dict, opts: CallOptions) -> Any:
+        body, ctype = wire.encode_request(args, kwargs, opts.serialization)
+        return self._call(pod, method, body, ctype, opts)
+
+    def broadcast(
+        self, pods: Sequence[PodInfo], method: str, args: tuple, kwargs: dict, opts: CallOptions
+    ) -> list[Any]:
+        """Call every pod at once; results in rank order."""
+        body, ctype = wire.encode_request(args, kwargs, opts.serialization)
+        if len(pods) == 1:
+            return [self._call(pods[0], method, body, ctype, opts)]
+        futures = [
+            self.executor(len(pods)).submit(self._call, p, method, body, ctype, opts) for p in pods
+        ]
+        results: list[Any] = [None] * len(pods)
+        errors: dict[int, BaseException] = {}
+        for i, fut in enumerate(futures):
+            try:
+                results[i] = fut.result()
+            except BaseException as exc:
+                errors[i] = exc
+        if errors:
+            names = [p.name for p in pods]
+            detail = "; ".join(
+                f"{names[i]}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())
+            )
+            err = BroadcastError(
+                f"{len(errors)} of {len(pods)} pods of {self.service!r} failed ({detail}). "
+                "The other pods' results are in .results, each failure in .errors.",
+                errors=errors,
+                results=results,
+                pods=names,
+            )
+            raise err from next(iter(errors.values()))
+        return results
+
+    def executor(self, n: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < n:  # type: ignore[attr-defined]
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(min(max(n, 4), 256), thread_name_prefix="hotpod")
+            return self._pool
+
+    def _call(self, pod: PodInfo, method: str, body: bytes, ctype: str, opts: CallOptions) -> Any:
+        path = f"/call/{method}" if method else "/call"
+        headers = {
+            **self._headers,
+            "Content-Type": ctype,
+            wire.HEADER_ACCEPT: opts.serialization,
+            wire.HEADER_REQUEST_ID: uuid.uuid4().hex,
+        }
+        if opts.stream_logs:
+            headers[wire.HEADER_STREAM_LOGS] = "1"
+        start = time.monotonic()
+        deadline = start + opts.timeout if opts.timeout else None
+        what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                resp = self._transport.request(pod.url, path, body, headers, remaining)
+                break
+            except transport.Unreachable as exc:
+                # nothing was sent: the pod is (re)starting; wait for it within the window
+                waited = time.monotonic() - start
+                if waited > RECONNECT_WINDOW or (deadline and time.monotonic() >= deadline):
+                    raise PodUnreachableError(
+                        f"{what}: pod {pod.name} at {pod.url} refuses connections ({exc}) after "
+                        f"{waited:.0f} s. Run 'hotpod describe {self.service}' to see its state.",
+                        pod=pod.name,
+                    ) from None
+                time.sleep(0.05)
+            except transport.TimedOut:
+                raise self._timeout(what, opts) from None
+            except transport.Broken as exc:
+                raise self._broken(what, pod, exc) from None
+        try:
+            if resp.status != 200:
+                data = resp.read()
+                raise self._status_error(pod, method, resp.status, data)
+            return self._read_frames(pod, resp, deadline, what, opts)
+        except transport.TimedOut:
+            resp.abandon()
+            raise self._timeout(what, opts) from None
+        except transport.Broken as exc:
+            resp.abandon()
+            raise self._broken(what, pod, exc) from None
+        except BaseException:
+            resp.abandon()
+            raise
+
+    def _timeout(self, what: str, opts: CallOptions) -> CallTimeoutError:
+        return CallTimeoutError(
+            f"{what} did not finish within {opts.timeout:g} s (the handle's timeout); the "
+            "remote work may still be running. Raise it with .with_options(timeout=...)."
+        )
+
+    def _broken(self, what: str, pod: PodInfo, exc: Exception) -> PodUnreachableError:
+        return PodUnreachableError(
+            f"{what} failed: the connection to the pod broke mid-call ({exc}); its process "
+            f"probably died. See 'hotpod logs {self.service} --pod {pod.name}'.",
+            pod=pod.name,
+        )
+
+    def _read_frames(
+        self,
+        pod: PodInfo,
+        resp: transport.Response,
+        deadline: float | None,
+        what: str,
+        opts: CallOptions,
+    ) -> Any:
+        decoder = wire.FrameDecoder()
+        pickled_exc: bytes | None = None
+        outcome: tuple[bool, Any] | None = None
+        for chunk in resp.chunks():
+            for kind, payload in decoder.feed(chunk):
+                if kind == wire.FRAME_LOG:
+                    if opts.stream_logs:
+                        _print_log(pod.name, payload, self.log_out)
+                elif kind in (wire.FRAME_JSON, wire.FRAME_PICKLE):
+                    outcome = (True, wire.decode_result(kind, payload))
+                elif kind == wire.FRAME_EXC:
+                    pickled_exc = payload
+                elif kind == wire.FRAME_ERROR:
+                    outcome = (False, rebuild_error(json.loads(payload), pickled_exc))
+                else:
+                    raise ProtocolError(f"{what}: unknown frame type {kind!r} from the pod")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise transport.TimedOut("deadline passed")
+                resp.set_timeout(left)
+        if outcome is None:
+            raise PodUnreachableError(
+                f"{what}: the pod ended the response without a result; its process probably "
+                f"died. See 'hotpod logs {self.service} --pod {pod.name}'.",
+                pod=pod.name,
+            )
+        ok, value = outcome
+        if not ok:
+            raise value
+        return value
+
+    def _status_error(self, pod: PodInfo, method: str, status: int, data: bytes) -> Exception:
+        text = data.decode("utf-8", "replace")
+        try:
+            message = json.loads(text).get("error", text)
+        except (ValueError, AttributeError):
+            message = text
+        if status == 404 and method:
+            return AttributeError(f"{message} (pod {pod.name})")
+        if status in (401, 403):
+            return CallError(
+                f"pod {pod.name} refused the call: {message}. The service may have been redeployed "
+                "by another client; call .to() again to refresh the handle."
+            )
+        if status == 503:
+            return CallError(f"pod {pod.name} is not ready: {message}")
+        return CallError(f"pod {pod.name} answered {status}: {message}")
+
+    # -- deploy -----------------------------------------------------------------------------
+
+    def health(self, pod: PodInfo) -> dict[str, Any] | None:
+        try:
+            r = self._http.get(f"{pod.url}/health", timeout=2)
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def launch(self, pods: Sequence[PodInfo], spec: dict[str, Any], timeout: float) -> list[dict]:
+        """Push a launch spec to every pod; raise DeployError naming the pods that failed."""
+
+        def one(pod: PodInfo) -> dict[str, Any]:
+            try:
+                r = self._http.post(f"{pod.url}/_hotpod/launch", json=spec, timeout=timeout)
+            except httpx.HTTPError as exc:
+                return {"pod": pod.name, "error": f"{type(exc).__name__}: {exc}", "traceback": ""}
+            try:
+                data: dict[str, Any] = r.json()
+            except ValueError:
+                data = {"error": r.text}
+            if r.status_code != 200:
+                data.setdefault("error", f"HTTP {r.status_code}")
+            data.setdefault("pod", pod.name)
+            return data
+
+        results = list(self.executor(len(pods)).map(one, pods))
+        failed = [r for r in results if "error" in r]
+        if failed:
+            first = failed[0]
+            raise DeployError(
+                f"{len(failed)} of {len(pods)} pods of {self.service!r} could not load the code "
+                f"({', '.join(r['pod'] for r in failed)}): {first['error']}\n"
+                + (
+                    f"\nTraceback on {first['pod']}:\n{first['traceback']}"
+                    if first.get("traceback")
+                    else ""
+                )
+            )
+        return results

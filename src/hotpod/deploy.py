@@ -1,0 +1,186 @@
+"""The deploy flow of ``.to()`` (DESIGN §3): resolve code, sync it, apply the pool, launch.
+
+Every step is cheap when nothing changed: hashes come from a cache, the backend finds the pool
+as asked, and pods that already serve the same code and init args keep their worker and state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from hotpod import coderef, codesync
+from hotpod.backends import Backend, Plan, ServiceInfo, get_backend
+from hotpod.client import PodClient
+from hotpod.compute import Compute
+from hotpod.errors import DeployError, SpecError
+
+log = logging.getLogger("hotpod")
+
+_LABEL_MAX = 56  # leaves room for "-<rank>" in pod names
+
+
+def service_name(name: str) -> str:
+    """A function or class name made a valid DNS label (``train_model`` -> ``train-model``)."""
+    out = re.sub(r"[^a-z0-9-]+", "-", name.replace("_", "-").lower()).strip("-")
+    out = re.sub(r"-{2,}", "-", out)
+    if out and not out[0].isalpha():
+        out = f"svc-{out}"
+    return out[:_LABEL_MAX].rstrip("-") or "service"
+
+
+def check_name(name: str) -> str:
+    if (
+        not isinstance(name, str)
+        or not re.fullmatch(r"[a-z]([a-z0-9-]*[a-z0-9])?", name)
+        or len(name) > _LABEL_MAX
+    ):
+        raise SpecError(
+            f"name={name!r}: expected a DNS label of at most {_LABEL_MAX} characters: lowercase "
+            "letters, digits and '-', starting with a letter (e.g. 'train-model')"
+        )
+    return name
+
+
+def pod_template(compute: Compute) -> dict[str, Any]:
+    """What defines a pod on this machine: changing it replaces the pods."""
+    env = dict(compute.env_vars or {})
+    for secret in compute.secrets:
+        env.update(secret.resolve())
+    tpl = dict(compute.template_dict())
+    tpl.update(
+        python=sys.executable,
+        env=env,
+        cpus=compute.cpu_cores,
+        memory_bytes=compute.memory_bytes,
+        gpus=compute.gpu_count,
+        volumes=[{"name": v.name, "mount_path": v.mount_path} for v in compute.volumes],
+    )
+    if compute.gpu_count:
+        from hotpod.backends.local.backend import machine_gpus
+
+        tpl["machine_gpus"] = machine_gpus()
+    return tpl
+
+
+@dataclass
+class Deployment:
+    service: ServiceInfo
+    client: PodClient
+    spec: dict[str, Any]
+    reloaded: int
+    seconds: float
+
+
+def deploy(
+    obj: Any,
+    kind: str,
+    name: str,
+    compute: Compute,
+    init_args: tuple[tuple, dict] | None = None,
+    backend: Backend | None = None,
+) -> Deployment:
+    """Deploy ``obj`` (a function or class) as service ``name`` on ``compute``."""
+    t0 = time.perf_counter()
+    if not isinstance(compute, Compute):
+        raise SpecError(f"compute={compute!r}: expected a hotpod.Compute")
+    if compute.selector and compute.manifest is None and not compute.cpus:
+        raise DeployError(
+            f"Compute(selector={dict(compute.selector)!r}) points at an existing pool of pods, "
+            "which the local backend cannot adopt; describe the pool with cpus=/replicas= instead"
+        )
+    backend = backend or get_backend()
+    ref = coderef.resolve(obj)
+    store = backend.store()
+    manifest = codesync.sync(ref.root, store).manifest_id if ref.root is not None else None
+    by_value = store.put_bytes(ref.by_value) if ref.by_value is not None else None
+    init = None
+    if init_args is not None:
+        import cloudpickle
+
+        init = store.put_bytes(cloudpickle.dumps(init_args, protocol=5))
+    image = compute.image
+    if image is not None:
+        pending = [str(s) for s in image.steps if s.kind != "set_env_vars"]
+        if pending:
+            log.warning(
+                "hotpod: Image steps %s are recorded but not run on the local backend yet; pods "
+                "use this machine's Python environment.",
+                "; ".join(pending),
+            )
+    plan = Plan(
+        name=name,
+        replicas=compute.replicas,
+        template=pod_template(compute),
+        labels=dict(compute.labels or {}),
+        meta={
+            "kind": kind,
+            "qualname": ref.qualname,
+            "module": ref.module or ref.script or "<by value>",
+        },
+    )
+    backend.check(plan)
+    service = backend.apply(plan)
+    spec = {
+        "launch_id": uuid.uuid4().hex[:12],
+        "service": name,
+        "kind": kind,
+        "code": ref.spec(manifest, by_value),
+        "init": init,
+        "env": dict(image.env_vars) if image is not None else {},
+    }
+    client = PodClient(name, service.token)
+    service = wait_ready(backend, client, service, compute.launch_timeout)
+    results = client.launch(service.pods, spec, timeout=compute.launch_timeout)
+    reloaded = sum(1 for r in results if r.get("reloaded"))
+    return Deployment(service, client, spec, reloaded, time.perf_counter() - t0)
+
+
+def wait_ready(
+    backend: Backend, client: PodClient, service: ServiceInfo, timeout: float
+) -> ServiceInfo:
+    """Wait until every pod's server answers; fail early on a crash loop, late on a timeout."""
+    deadline = time.monotonic() + timeout
+    restarts0 = {p.name: p.restarts for p in service.pods}
+    pending = list(service.pods)
+    next_check = time.monotonic() + 1.0
+    while pending:
+        pending = [p for p in pending if client.health(p) is None]
+        if not pending:
+            break
+        now = time.monotonic()
+        if now > next_check:
+            service = backend.get(service.name)
+            pending_names = {p.name for p in pending}
+            pending = [p for p in service.pods if p.name in pending_names]
+            for p in pending:
+                if p.restarts - restarts0.get(p.name, 0) >= 3:
+                    raise DeployError(
+                        f"pod {p.name} of {service.name!r} keeps crashing ({p.restarts} restarts, "
+                        f"last exit code {p.last_exit}). Its log ends with:\n{_log_tail(p.log_path)}"
+                    )
+            next_check = now + 1.0
+        if now > deadline:
+            names = ", ".join(f"{p.name} ({p.status})" for p in pending)
+            raise DeployError(
+                f"service {service.name!r}: {len(service.pods) - len(pending)}/{len(service.pods)} "
+                f"pods ready after {timeout:g} s; not ready: {names}. "
+                f"Run 'hotpod describe {service.name}' and 'hotpod logs {service.name}'."
+            )
+        time.sleep(0.02)
+    return service
+
+
+def _log_tail(path: str | None, lines: int = 15) -> str:
+    if not path:
+        return "(no log)"
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:]).rstrip()
+    except OSError:
+        return "(no log)"

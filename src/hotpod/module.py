@@ -1,0 +1,259 @@
+"""``kt.fn`` and ``kt.cls``: wrap user code, deploy it with ``.to()``, call it through a handle.
+
+Call options live on the handle (``handle.with_options(timeout=...)``), never in the user's own
+keyword arguments. On a pod, ``.to()`` returns the local object, so a module that deploys at
+import time still imports cleanly there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from hotpod.backends import ServiceInfo, get_backend
+from hotpod.client import CallOptions, PodClient
+from hotpod.compute import Compute
+from hotpod.config import settings
+from hotpod.deploy import Deployment, check_name, deploy, service_name
+from hotpod.errors import SpecError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def _report(dep: Deployment) -> None:
+    n = len(dep.service.pods)
+    change = f"code loaded on {dep.reloaded}" if dep.reloaded else "nothing changed"
+    print(
+        f"hotpod: {dep.service.name!r} ready on {n} pod{'s' if n != 1 else ''} in "
+        f"{dep.seconds:.2f} s ({change}; launch {dep.spec['launch_id']})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _Remote:
+    """What handles share: the service, its pods and the call options."""
+
+    def __init__(self, service: ServiceInfo, client: PodClient, options: CallOptions) -> None:
+        self._service = service
+        self._client = client
+        self._options = options
+
+    @property
+    def name(self) -> str:
+        return self._service.name
+
+    @property
+    def pods(self) -> list[str]:
+        return [p.name for p in self._service.pods]
+
+    @property
+    def options(self) -> CallOptions:
+        return self._options
+
+    def _with(self, **options: Any) -> dict[str, Any]:
+        current = {
+            "timeout": self._options.timeout,
+            "serialization": self._options.serialization,
+            "stream_logs": self._options.stream_logs,
+        }
+        unknown = set(options) - set(current)
+        if unknown:
+            raise SpecError(
+                f"unknown call option(s) {sorted(unknown)}: expected timeout=, serialization=, "
+                "stream_logs="
+            )
+        current.update(options)
+        return current
+
+    def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+        pods = self._service.pods
+        if len(pods) == 1:
+            return self._client.call(pods[0], method, args, kwargs, self._options)
+        return self._client.broadcast(pods, method, args, kwargs, self._options)
+
+    def teardown(self) -> bool:
+        """Delete the service and its pods. Returns False if it was already gone."""
+        return get_backend().teardown(self._service.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {len(self.pods)} pod(s)>"
+
+
+class RemoteFn(_Remote, Generic[P, R]):
+    """A deployed function. Calling it runs the function on every pod of the service.
+
+    With one pod the call returns the function's result; with several, a list of results in rank
+    order (broadcast, SPMD).
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._invoke("", args, kwargs)  # type: ignore[no-any-return]
+
+    def with_options(
+        self,
+        *,
+        timeout: float | Any | None = ...,
+        serialization: str | Any = ...,
+        stream_logs: bool | Any = ...,
+    ) -> RemoteFn[P, R]:
+        """A handle to the same service with other call options."""
+        given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
+        return RemoteFn(self._service, self._client, CallOptions(**self._with(**given)))
+
+
+class RemoteMethod:
+    """A method of a deployed class instance."""
+
+    def __init__(self, owner: RemoteCls[Any], name: str) -> None:
+        self._owner = owner
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._owner._invoke(self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RemoteMethod {self._owner.name}.{self._name}>"
+
+
+class RemoteCls(_Remote, Generic[T]):
+    """A deployed class: one instance per pod, kept between calls.
+
+    ``remote.method(...)`` calls the method on every pod's instance (a list of results in rank
+    order when there are several pods).
+    """
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return RemoteMethod(self, name)
+
+    def with_options(
+        self,
+        *,
+        timeout: float | Any | None = ...,
+        serialization: str | Any = ...,
+        stream_logs: bool | Any = ...,
+    ) -> RemoteCls[T]:
+        """A handle to the same service with other call options."""
+        given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
+        return RemoteCls(self._service, self._client, CallOptions(**self._with(**given)))
+
+
+class Fn(Generic[P, R]):
+    """A function to deploy: ``kt.fn(train).to(compute)``."""
+
+    def __init__(self, func: Callable[P, R], name: str | None = None) -> None:
+        if inspect.isclass(func) or not callable(func):
+            raise SpecError(
+                f"kt.fn expects a function, got {func!r}"
+                + ("; use kt.cls for a class" if inspect.isclass(func) else "")
+            )
+        self.func = func
+        self.name = check_name(name) if name is not None else service_name(func.__name__)
+
+    def to(self, compute: Compute) -> RemoteFn[P, R]:
+        """Deploy to ``compute`` (or patch the service of this name); returns a handle.
+
+        On a pod this returns the function itself.
+        """
+        if settings().in_pod:
+            return _LocalFn(self.func)  # type: ignore[return-value]
+        dep = deploy(self.func, "fn", self.name, compute)
+        _report(dep)
+        return RemoteFn(dep.service, dep.client, CallOptions())
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function locally."""
+        return self.func(*args, **kwargs)
+
+
+class _LocalFn:
+    """What ``kt.fn(f).to(...)`` gives on a pod: ``f`` itself, with the handle's methods."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__wrapped__ = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def with_options(self, **_: Any) -> _LocalFn:
+        return self
+
+    def teardown(self) -> bool:
+        return False
+
+
+class _LocalInstance:
+    """What ``kt.cls(C).to(...)`` gives on a pod: the class, built lazily with the init args."""
+
+    def __init__(self, klass: type, args: tuple, kwargs: dict) -> None:
+        self.__dict__["_spec"] = (klass, args, kwargs)
+        self.__dict__["_obj"] = None
+
+    def with_options(self, **_: Any) -> _LocalInstance:
+        return self
+
+    def teardown(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        if self.__dict__["_obj"] is None:
+            klass, args, kwargs = self.__dict__["_spec"]
+            self.__dict__["_obj"] = klass(*args, **kwargs)
+        return getattr(self.__dict__["_obj"], name)
+
+
+class Cls(Generic[T]):
+    """A class to deploy: ``kt.cls(Model).to(compute, init_args={...})``."""
+
+    def __init__(self, klass: type[T], name: str | None = None) -> None:
+        if not inspect.isclass(klass):
+            raise SpecError(
+                f"kt.cls expects a class, got {klass!r}"
+                + ("; use kt.fn for a function" if callable(klass) else "")
+            )
+        self.klass = klass
+        self.name = check_name(name) if name is not None else service_name(klass.__name__)
+
+    def to(
+        self,
+        compute: Compute,
+        init_args: Mapping[str, Any] | Sequence[Any] | None = None,
+    ) -> RemoteCls[T]:
+        """Deploy to ``compute``; each pod builds one instance with ``init_args``.
+
+        ``init_args`` is a dict of keyword arguments (or a list/tuple of positional ones). When
+        they and the code are unchanged, a later ``.to()`` keeps the running instances.
+        """
+        if init_args is None:
+            args: tuple = ()
+            kwargs: dict = {}
+        elif isinstance(init_args, Mapping):
+            args, kwargs = (), dict(init_args)
+        elif isinstance(init_args, (list, tuple)):
+            args, kwargs = tuple(init_args), {}
+        else:
+            raise SpecError(
+                f"init_args={init_args!r}: expected a dict of keyword arguments or a list of "
+                "positional arguments"
+            )
+        if settings().in_pod:
+            return _LocalInstance(self.klass, args, kwargs)  # type: ignore[return-value]
+        dep = deploy(self.klass, "cls", self.name, compute, (args, kwargs))
+        _report(dep)
+        return RemoteCls(dep.service, dep.client, CallOptions())
+
+
+def fn(func: Callable[P, R], name: str | None = None) -> Fn[P, R]:
+    """Wrap a function for deployment: ``kt.fn(train).to(compute)``."""
+    return Fn(func, name=name)
+
+
+def cls(klass: type[T], name: str | None = None) -> Cls[T]:
+    """Wrap a class for deployment: ``kt.cls(Model).to(compute, init_args={...})``."""
+    return Cls(klass, name=name)

@@ -1,0 +1,441 @@
+"""The pod's HTTP server, a plain ASGI application.
+
+Endpoints::
+
+    GET  /health            liveness and readiness (no token)
+    POST /call              call the service's function
+    POST /call/{method}     call a method of the service's instance
+    POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
+    GET  /_hotpod/info      what the pod serves
+
+Sync user code runs in a thread pool, async user code on the event loop; the call path does not
+poll. Nothing a client sends can crash the server: every bad request gets a 4xx with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hmac
+import inspect
+import json
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+from hotpod import wire
+from hotpod.errors import ProtocolError
+from hotpod.runtime import logs
+from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
+from hotpod.store import Store
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class PodState:
+    """Everything the server of one pod knows."""
+
+    pod: str
+    rank: int
+    service: str
+    token: str
+    root: Path
+    store: Store
+    pod_log: TextIO
+    max_body: int = 4 << 30
+    threads: int = 64
+    loaded: Loaded | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    launch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    executor: ThreadPoolExecutor | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def launch_file(self) -> Path:
+        return self.root / ".hotpod" / "launch.json"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.root / ".hotpod" / "code"
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="hotpod-call")
+        return self.executor
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+async def _send_bytes(
+    send: Send, status: int, body: bytes, content_type: str, extra: list | None = None
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
+    ]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    await _send_bytes(send, status, json.dumps(payload).encode(), wire.CT_JSON)
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HTTPError(
+                    413, f"request body of {declared} bytes exceeds the pod's limit of {limit}"
+                )
+        except ValueError:
+            raise HTTPError(400, "Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(499, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body exceeds the pod's limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class PodApp:
+    """The ASGI application of one pod."""
+
+    def __init__(self, state: PodState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except HTTPError as exc:
+            if exc.status != 499:
+                await _send_json(send, exc.status, {"error": exc.message, "pod": self.state.pod})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                asyncio.get_running_loop().create_task(self._resume())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.state.executor is not None:
+                    self.state.executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _resume(self) -> None:
+        """After a restart, load the launch the pod last served."""
+        st = self.state
+        try:
+            spec = json.loads(st.launch_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            print(f"hotpod: ignoring unreadable {st.launch_file}: {exc}", flush=True)
+            return
+        try:
+            await self._launch(spec)
+            print(f"hotpod: resumed launch {spec.get('launch_id')}", flush=True)
+        except LoadError as exc:
+            print(f"hotpod: could not resume launch: {exc}\n{exc.tb}", flush=True)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/health":
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, "use GET /health")
+            await _send_json(send, 200, self._health())
+            return
+        is_call = path == "/call" or path.startswith("/call/")
+        if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info"):
+            raise HTTPError(404, f"no endpoint {path}; calls go to POST /call or /call/METHOD")
+        self._check_auth(scope)
+        self._check_protocol(scope)
+        if path == "/_hotpod/info":
+            await _send_json(send, 200, self._info())
+            return
+        if method != "POST":
+            raise HTTPError(405, f"use POST {path}")
+        if path == "/_hotpod/launch":
+            await self._handle_launch(scope, receive, send)
+        else:
+            await self._handle_call(
+                scope, receive, send, path[len("/call/") :] if path != "/call" else ""
+            )
+
+    def _check_auth(self, scope: Scope) -> None:
+        value = _header(scope, b"authorization")
+        if not value:
+            raise HTTPError(401, "missing Authorization: Bearer <service token>")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), self.state.token.encode()
+        ):
+            raise HTTPError(403, "invalid service token")
+
+    def _check_protocol(self, scope: Scope) -> None:
+        version = _header(scope, b"x-hotpod-protocol")
+        if version != wire.PROTOCOL_VERSION:
+            raise HTTPError(
+                400,
+                f"protocol mismatch: the client speaks {version or 'no version'}, this pod speaks "
+                f"{wire.PROTOCOL_VERSION}; use the same hotpod version on both sides",
+            )
+
+    def _health(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "status": "ok",
+            "pod": st.pod,
+            "rank": st.rank,
+            "pid": os.getpid(),
+            "ready": st.loaded is not None,
+            "launch_id": st.loaded.launch_id if st.loaded else None,
+        }
+
+    def _info(self) -> dict[str, Any]:
+        info = self._health()
+        if self.state.loaded:
+            spec = self.state.loaded.spec
+            info.update(kind=spec.get("kind"), code=spec.get("code"), service=spec.get("service"))
+        return info
+
+    # -- launch -----------------------------------------------------------------------------
+
+    async def _handle_launch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(scope, receive, 16 << 20)
+        try:
+            spec = json.loads(body)
+            if not isinstance(spec, dict) or not isinstance(spec.get("code"), dict):
+                raise ValueError("expected a JSON object with a 'code' object")
+        except ValueError as exc:
+            raise HTTPError(400, f"malformed launch spec: {exc}") from None
+        t0 = time.perf_counter()
+        try:
+            reloaded = await self._launch(spec)
+        except LoadError as exc:
+            await _send_json(
+                send,
+                500,
+                {"error": str(exc), "phase": exc.phase, "traceback": exc.tb, "pod": self.state.pod},
+            )
+            return
+        await _send_json(
+            send,
+            200,
+            {
+                "launch_id": spec.get("launch_id"),
+                "reloaded": reloaded,
+                "seconds": round(time.perf_counter() - t0, 4),
+                "pod": self.state.pod,
+            },
+        )
+
+    async def _launch(self, spec: dict[str, Any]) -> bool:
+        st = self.state
+        async with st.launch_lock:
+            current = st.loaded
+            if current is not None and current.key == reload_key(spec):
+                current.spec = spec  # same code, same init: keep the instance, adopt the new id
+                self._persist(spec)
+                return False
+            loop = asyncio.get_running_loop()
+            loaded = await loop.run_in_executor(
+                None, partial(load, spec, st.store, st.code_dir, current)
+            )
+            st.loaded = loaded
+            st.ready.set()
+            self._persist(spec)
+            print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
+            return True
+
+    def _persist(self, spec: dict[str, Any]) -> None:
+        path = self.state.launch_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, path)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def _handle_call(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        st = self.state
+        accept = _header(scope, b"x-hotpod-accept") or "auto"
+        if accept not in wire.SERIALIZATIONS:
+            raise HTTPError(
+                400, f"X-Hotpod-Accept {accept!r}: expected one of {wire.SERIALIZATIONS}"
+            )
+        body = await _read_body(scope, receive, st.max_body)
+        try:
+            args, kwargs = wire.decode_request(body, _header(scope, b"content-type") or "")
+        except ProtocolError as exc:
+            raise HTTPError(400, str(exc)) from None
+        if st.loaded is None:
+            raise HTTPError(503, "this pod serves no code yet; deploy it with .to() first")
+        loaded = st.loaded
+        try:
+            target, value = loaded.resolve(method)
+        except LookupError as exc:
+            raise HTTPError(404, str(exc)) from None
+        request_id = _header(scope, b"x-hotpod-request-id") or uuid.uuid4().hex
+        stream = _header(scope, b"x-hotpod-stream-logs") == "1"
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] | None = asyncio.Queue() if stream else None
+        log = logs.CallLog(request_id, st.pod_log, loop, queue)
+
+        if target is None:
+            if args or kwargs:
+                raise HTTPError(
+                    400, f"{method!r} is an attribute, not a method; call it with no arguments"
+                )
+            target = partial(lambda v: v, value)
+
+        if not stream:
+            await _send_bytes(
+                send, 200, await self._invoke(target, args, kwargs, accept, log), wire.CT_FRAMES
+            )
+            return
+        assert queue is not None
+        done = object()
+
+        async def run() -> None:
+            payload = await self._invoke(target, args, kwargs, accept, log)
+            queue.put_nowait(payload)
+            queue.put_nowait(done)
+
+        task = loop.create_task(run())
+        first = await queue.get()
+        if not queue.empty() and queue._queue[0] is done:  # type: ignore[attr-defined]
+            await _send_bytes(send, 200, first, wire.CT_FRAMES)  # type: ignore[arg-type]
+            await task
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", wire.CT_FRAMES.encode()),
+                    (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
+                ],
+            }
+        )
+        item: object = first
+        connected = True
+        while True:
+            chunk = [item]
+            finished = False
+            while not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is done:
+                    finished = True
+                    break
+                chunk.append(nxt)
+            if connected:
+                try:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"".join(chunk),
+                            "more_body": not finished,
+                        }
+                    )  # type: ignore[arg-type]
+                except Exception:  # the caller went away; the call still runs to its end
+                    connected = False
+            if finished:
+                break
+            item = await queue.get()
+            if item is done:
+                if connected:
+                    try:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    except Exception:
+                        pass
+                break
+        await task
+
+    async def _invoke(
+        self, target: Callable[..., Any], args: list, kwargs: dict, accept: str, log: logs.CallLog
+    ) -> bytes:
+        """Run the user's code under the call's log; returns the result or error frames."""
+        st = self.state
+        token = logs.current_call.set(log)
+        try:
+            if inspect.iscoroutinefunction(target):
+                try:
+                    return wire.encode_result(await target(*args, **kwargs), accept)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
+                    return self._error_frames(exc)
+                finally:
+                    log.flush()
+            ctx = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(
+                st.pool(), ctx.run, self._run_sync, target, args, kwargs, accept, log
+            )
+        finally:
+            logs.current_call.reset(token)
+
+    def _run_sync(
+        self, target: Callable[..., Any], args: list, kwargs: dict, accept: str, log: logs.CallLog
+    ) -> bytes:
+        try:
+            result = target(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
+            return wire.encode_result(result, accept)
+        except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
+            return self._error_frames(exc)
+        finally:
+            log.flush()
+
+    def _error_frames(self, exc: BaseException) -> bytes:
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        # drop the runtime's own frame from the top of the traceback
+        text = tb[0] + "".join(tb[2:]) if len(tb) > 2 else "".join(tb)
+        return wire.encode_error(exc, text, self.state.pod, self.state.rank)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

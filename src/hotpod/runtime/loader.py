@@ -1,0 +1,204 @@
+"""Loading the user's code into the worker, and swapping it for a new launch.
+
+A launch spec (JSON, built by the client's deploy flow) says which code to load::
+
+    {"launch_id": "...", "service": "train", "kind": "fn" | "cls",
+     "code": {"manifest": "<id>" | None, "paths": ["", "src"], "module": "pkg.mod" | None,
+              "script": "train.py" | None, "qualname": "train", "by_value": "<digest>" | None},
+     "init": "<digest of pickled (args, kwargs)>" | None,
+     "env": {"NAME": "value"}}
+
+Loading materializes the code snapshot from the store, puts it on ``sys.path``, imports the module
+(or the script, under a name other than ``__main__``, or unpickles the by-value object), and for a
+class builds the instance. A failed load leaves the previous code in place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hotpod.store import Store
+
+_RELOAD_FIELDS = ("kind", "code", "init", "env")
+
+
+def reload_key(spec: dict[str, Any]) -> str:
+    """What the worker depends on: when this is unchanged, nothing reloads."""
+    return json.dumps({k: spec.get(k) for k in _RELOAD_FIELDS}, sort_keys=True)
+
+
+@dataclass
+class Loaded:
+    """The code a worker serves: a function, or an instance of the user's class."""
+
+    spec: dict[str, Any]
+    obj: Any
+    snapshot: Path | None
+    paths: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return reload_key(self.spec)
+
+    @property
+    def launch_id(self) -> str:
+        return str(self.spec.get("launch_id", ""))
+
+    @property
+    def kind(self) -> str:
+        return str(self.spec.get("kind", "fn"))
+
+    def resolve(self, method: str) -> tuple[Callable[..., Any] | None, Any]:
+        """The callable for a call path, or ``(None, value)`` for a plain attribute."""
+        if self.kind == "fn":
+            if method:
+                raise LookupError(
+                    f"service {self.spec.get('service')!r} is a function; call it without a method"
+                )
+            return self.obj, None
+        if not method:
+            raise LookupError("this service is a class: call one of its methods (POST /call/NAME)")
+        if method.startswith("__") or not method.isidentifier():
+            raise LookupError(f"{method!r} is not a method that can be called remotely")
+        try:
+            attr = getattr(self.obj, method)
+        except AttributeError:
+            public = sorted(
+                n for n, v in inspect.getmembers(type(self.obj)) if callable(v) and n[0] != "_"
+            )
+            raise LookupError(
+                f"{type(self.obj).__name__} has no attribute {method!r}; methods: "
+                f"{', '.join(public) or '(none)'}"
+            ) from None
+        if callable(attr):
+            return attr, None
+        return None, attr
+
+
+class LoadError(Exception):
+    """Loading a launch failed; ``phase`` says where (sync, import, init)."""
+
+    def __init__(self, phase: str, message: str, tb: str = "") -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.tb = tb
+
+
+def _script_module_name(script: str) -> str:
+    stem = Path(script).stem
+    if stem.isidentifier() and stem not in sys.modules and stem not in sys.stdlib_module_names:
+        return stem
+    return f"_hotpod_script_{stem if stem.isidentifier() else 'main'}"
+
+
+def _lookup(obj: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _purge(previous: Loaded) -> None:
+    """Forget the modules imported from the previous snapshot so the new one imports fresh."""
+    if previous.snapshot is None:
+        return
+    root = str(previous.snapshot)
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None) or ""
+        if f.startswith(root):
+            del sys.modules[name]
+    for p in previous.paths:
+        while p in sys.path:
+            sys.path.remove(p)
+
+
+def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | None) -> Loaded:
+    """Load the code a launch spec names. Raises :class:`LoadError`; ``previous`` stays usable."""
+    import traceback
+
+    code = spec.get("code") or {}
+    snapshot: Path | None = None
+    if code.get("manifest"):
+        try:
+            snapshot = store.materialize(
+                code["manifest"],
+                code_dir / code["manifest"],
+                previous=previous.snapshot if previous else None,
+            )
+        except Exception as exc:
+            raise LoadError(
+                "sync", f"could not unpack the code: {exc}", traceback.format_exc()
+            ) from None
+
+    old_path = list(sys.path)
+    old_env = dict(os.environ)
+    before = set(sys.modules)
+    if previous is not None and previous.snapshot != snapshot:
+        _purge(previous)
+    paths = (
+        [str(snapshot / p) if p else str(snapshot) for p in code.get("paths", [""])]
+        if snapshot
+        else []
+    )
+    for p in reversed(paths):
+        sys.path.insert(0, p)
+    for k in (previous.spec.get("env") or {}) if previous else {}:
+        os.environ.pop(k, None)
+    os.environ.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
+    importlib.invalidate_caches()
+    phase = "import"
+    try:
+        if code.get("by_value"):
+            import cloudpickle  # noqa: F401  (unpickling by-value code needs it importable)
+
+            obj = pickle.loads(store.get_bytes(code["by_value"]))
+        elif code.get("script"):
+            assert snapshot is not None
+            path = snapshot / code["script"]
+            name = _script_module_name(code["script"])
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ImportError(f"cannot import {code['script']} from the code snapshot")
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module
+            mod_spec.loader.exec_module(module)
+            obj = _lookup(module, code["qualname"])
+        else:
+            module = importlib.import_module(code["module"])
+            obj = _lookup(module, code["qualname"])
+        if spec.get("kind") == "cls":
+            phase = "init"
+            args, kwargs = (
+                pickle.loads(store.get_bytes(spec["init"])) if spec.get("init") else ((), {})
+            )
+            obj = obj(*args, **kwargs)
+    except BaseException as exc:
+        sys.path[:] = old_path
+        os.environ.clear()
+        os.environ.update(old_env)
+        for name in set(sys.modules) - before:
+            f = getattr(sys.modules[name], "__file__", None) or ""
+            if (snapshot is not None and f.startswith(str(snapshot))) or name.startswith(
+                "_hotpod_"
+            ):
+                del sys.modules[name]
+        if previous is not None and previous.snapshot is not None:
+            for p in previous.paths:
+                if p not in sys.path:
+                    sys.path.insert(0, p)
+        what = "importing the code" if phase == "import" else "running __init__"
+        raise LoadError(
+            phase, f"{what} failed: {type(exc).__name__}: {exc}", traceback.format_exc()
+        ) from None
+    if snapshot is not None:
+        os.chdir(snapshot)
+    return Loaded(spec=spec, obj=obj, snapshot=snapshot, paths=paths)

@@ -1,0 +1,117 @@
+"""Capture of the user's output during a call.
+
+``sys.stdout`` and ``sys.stderr`` of the worker are replaced by a router. While a call runs, the
+call's :class:`CallLog` is in a context variable (copied into the thread that runs sync code), so
+each line the call prints is written to the pod log tagged with the request id and, when the
+caller asked for it, sent to the caller as a log frame. Output outside a call goes to the pod log
+unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import threading
+from contextvars import ContextVar
+from typing import TextIO
+
+from hotpod import wire
+
+current_call: ContextVar[CallLog | None] = ContextVar("hotpod_call_log", default=None)
+
+
+class CallLog:
+    """The log of one call: complete lines go to the pod log and, if streaming, to the caller."""
+
+    def __init__(
+        self,
+        request_id: str,
+        pod_log: TextIO,
+        loop: asyncio.AbstractEventLoop | None = None,
+        queue: asyncio.Queue[object] | None = None,
+    ) -> None:
+        self._prefix = f"[{request_id[:8]}] "
+        self._pod_log = pod_log
+        self._loop = loop
+        self._queue = queue
+        self._loop_thread = threading.get_ident()
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, stream: str, text: str) -> None:
+        with self._lock:
+            text = self._partial.pop(stream, "") + text
+            *lines, rest = text.split("\n")
+            if rest:
+                self._partial[stream] = rest
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest = list(self._partial.values())
+            self._partial.clear()
+        for line in rest:
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip("\r")
+        try:
+            self._pod_log.write(self._prefix + line + "\n")
+            self._pod_log.flush()
+        except (OSError, ValueError):
+            pass
+        if self._queue is None or self._loop is None:
+            return
+        data = wire.frame(wire.FRAME_LOG, line.encode("utf-8", "replace"))
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait(data)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+            except RuntimeError:  # the loop is closed: the pod is shutting down
+                pass
+
+
+class StreamRouter(io.TextIOBase):
+    """A text stream that sends writes to the current call's log, or to the real stream."""
+
+    def __init__(self, name: str, real: TextIO) -> None:
+        self.name = name
+        self._real = real
+
+    def write(self, s: str) -> int:
+        log = current_call.get()
+        if log is None:
+            n = self._real.write(s)
+            if "\n" in s:
+                self._real.flush()
+            return n
+        log.write(self.name, s)
+        return len(s)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", "utf-8")
+
+
+def install() -> TextIO:
+    """Route ``sys.stdout``/``sys.stderr`` through call logs; returns the real stdout."""
+    real_out, real_err = sys.stdout, sys.stderr
+    if not isinstance(real_out, StreamRouter):
+        sys.stdout = StreamRouter("stdout", real_out)  # type: ignore[assignment]
+        sys.stderr = StreamRouter("stderr", real_err)  # type: ignore[assignment]
+    return real_out

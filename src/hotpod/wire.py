@@ -1,0 +1,196 @@
+"""The wire protocol between a client and the pod runtime (version 1).
+
+Requests are HTTP POSTs whose body is raw bytes: a JSON object ``{"args": [...], "kwargs": {...}}``
+or a pickle of ``(args, kwargs)``, told apart by ``Content-Type``. Every endpoint but ``/health``
+needs ``Authorization: Bearer <service token>`` and ``X-Hotpod-Protocol``.
+
+Responses to calls are a sequence of frames, each ``type (1 byte) | length (4 bytes, big endian) |
+payload``. A call that finishes before printing anything is answered with one body holding the
+result frame (``Content-Length`` set); a call that logs streams its frames as they happen.
+
+Frame types::
+
+    L  a log line (UTF-8, no trailing newline), printed by the user's code during the call
+    J  the result, JSON
+    P  the result, pickle (protocol 5)
+    X  the exception, pickled (best effort; precedes E)
+    E  the error, JSON: type, message, traceback, pod, rank
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from hotpod.errors import ProtocolError
+
+PROTOCOL_VERSION = "1"
+
+HEADER_PROTOCOL = "x-hotpod-protocol"
+HEADER_REQUEST_ID = "x-hotpod-request-id"
+HEADER_STREAM_LOGS = "x-hotpod-stream-logs"
+HEADER_ACCEPT = "x-hotpod-accept"
+
+CT_JSON = "application/json"
+CT_PICKLE = "application/vnd.hotpod.pickle"
+CT_FRAMES = "application/vnd.hotpod.frames"
+
+SERIALIZATIONS = ("auto", "json", "pickle")
+
+FRAME_LOG = b"L"
+FRAME_JSON = b"J"
+FRAME_PICKLE = b"P"
+FRAME_EXC = b"X"
+FRAME_ERROR = b"E"
+
+_HEAD = struct.Struct(">cI")
+HEAD_SIZE = _HEAD.size
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return _HEAD.pack(kind, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it chunks as they arrive, iterate complete frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
+        self._buf += chunk
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= HEAD_SIZE:
+            kind, size = _HEAD.unpack_from(buf, pos)
+            end = pos + HEAD_SIZE + size
+            if len(buf) < end:
+                break
+            yield kind, bytes(buf[pos + HEAD_SIZE : end])
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def is_pure_json(value: Any, _depth: int = 0) -> bool:
+    """True when ``value`` survives a JSON round trip unchanged (no tuples, no int keys...)."""
+    if _depth > 64:
+        return False
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if t is list:
+        return all(is_pure_json(v, _depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and is_pure_json(v, _depth + 1) for k, v in value.items())
+    return False
+
+
+def dumps_pickle(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=5)
+
+
+def encode_request(args: tuple, kwargs: dict, serialization: str) -> tuple[bytes, str]:
+    """Encode call arguments; returns (body, content type)."""
+    if serialization != "pickle":
+        payload = {"args": list(args), "kwargs": kwargs}
+        if is_pure_json(payload):
+            return json.dumps(payload, separators=(",", ":")).encode(), CT_JSON
+        if serialization == "json":
+            raise TypeError(
+                "the call's arguments cannot be sent as JSON without changing them (tuples, "
+                "non-string keys or other objects); use handle.with_options(serialization='pickle')"
+                " or 'auto'"
+            )
+    import cloudpickle  # by value for objects defined in __main__
+
+    return cloudpickle.dumps((args, kwargs), protocol=5), CT_PICKLE
+
+
+def decode_request(body: bytes, content_type: str) -> tuple[list, dict]:
+    """Decode call arguments; raises ProtocolError with a clear message when malformed."""
+    ct = content_type.split(";")[0].strip().lower()
+    if ct == CT_JSON:
+        try:
+            payload = json.loads(body) if body else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise ProtocolError('request body must be a JSON object {"args": [...], "kwargs": {}}')
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ProtocolError('"args" must be a JSON array and "kwargs" a JSON object')
+        return args, kwargs
+    if ct == CT_PICKLE:
+        try:
+            args, kwargs = pickle.loads(body)
+        except Exception as exc:
+            raise ProtocolError(f"could not unpickle the call's arguments: {exc!r}") from None
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise ProtocolError("pickled body must be a tuple (args, kwargs)")
+        return list(args), kwargs
+    raise ProtocolError(
+        f"unsupported Content-Type {content_type!r}: expected {CT_JSON} or {CT_PICKLE}"
+    )
+
+
+def encode_result(value: Any, accept: str) -> bytes:
+    """Encode a result as one frame, following the client's accepted serialization."""
+    if accept != "pickle" and is_pure_json(value):
+        return frame(FRAME_JSON, json.dumps(value, separators=(",", ":")).encode())
+    if accept == "json":
+        raise TypeError(
+            f"the result ({type(value).__name__}) cannot be sent as JSON without changing it; "
+            "call with handle.with_options(serialization='pickle') or 'auto'"
+        )
+    return frame(FRAME_PICKLE, dumps_pickle(value))
+
+
+def decode_result(kind: bytes, payload: bytes) -> Any:
+    if kind == FRAME_JSON:
+        return json.loads(payload)
+    return pickle.loads(payload)
+
+
+def encode_error(exc: BaseException, tb: str, pod: str, rank: int) -> bytes:
+    """The X (best effort) and E frames describing an exception."""
+    t = type(exc)
+    info = {
+        "type": f"{t.__module__}.{t.__qualname__}",
+        "module": t.__module__,
+        "qualname": t.__qualname__,
+        "message": str(exc),
+        "traceback": tb,
+        "pod": pod,
+        "rank": rank,
+    }
+    out = b""
+    try:
+        pickled = pickle.dumps(exc, protocol=5)
+        pickle.loads(pickled)  # an exception that cannot be rebuilt is sent as E only
+        out = frame(FRAME_EXC, pickled)
+    except Exception:
+        pass
+    return out + frame(FRAME_ERROR, json.dumps(info).encode())
+
+
+def error_body(status: int, message: str, **extra: Any) -> bytes:
+    """A JSON body for a 4xx/5xx answer that is not a call result."""
+    return json.dumps({"error": message, "status": status, **extra}).encode()

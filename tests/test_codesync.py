@@ -1,0 +1,460 @@
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hotpod import codesync
+from hotpod.codesync import (
+    CodeSyncError,
+    HashCache,
+    SyncResult,
+    build_manifest,
+    find_project_root,
+    sync,
+)
+from hotpod.config import reload_settings
+from hotpod.errors import HotpodError
+from hotpod.store import LocalStore, read_marker
+
+PAST = time.time_ns() - 3600 * 10**9  # an hour ago: old enough for the hash cache to trust
+
+
+def write(root: Path, rel: str, data: str | bytes = "x", *, exec_bit: bool = False) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    if exec_bit:
+        path.chmod(0o755)
+    return path
+
+
+def age(root: Path) -> None:
+    """Backdate every file so the hash cache does not treat it as racily modified."""
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.utime(p, ns=(PAST, PAST))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    write(root, "pyproject.toml", "[project]\nname='demo'\n")
+    write(root, "main.py", "import pkg\n")
+    write(root, "pkg/__init__.py", "")
+    write(root, "pkg/model.py", "class Model: ...\n")
+    write(root, "scripts/run.sh", "#!/bin/sh\n", exec_bit=True)
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def paths_of(root: Path) -> set[str]:
+    manifest, _ = build_manifest(root)
+    return set(manifest)
+
+
+# -- project root -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["pyproject.toml", ".git", "setup.py", "setup.cfg"])
+def test_find_project_root(tmp_path: Path, marker: str) -> None:
+    root = tmp_path / "repo"
+    if marker == ".git":
+        (root / ".git").mkdir(parents=True)
+    else:
+        write(root, marker, "")
+    script = write(root, "src/pkg/sub/mod.py", "")
+    assert find_project_root(script) == root
+    assert find_project_root(script.parent) == root
+    assert find_project_root(root) == root
+
+
+def test_find_project_root_nearest_wins(tmp_path: Path) -> None:
+    write(tmp_path / "outer", ".git/HEAD", "")
+    inner = tmp_path / "outer/libs/inner"
+    write(inner, "setup.py", "")
+    assert find_project_root(write(inner, "a/b.py", "")) == inner
+
+
+def test_find_project_root_without_markers(tmp_path: Path) -> None:
+    script = write(tmp_path, "loose/dir/script.py", "")
+    if any((d / m).exists() for d in tmp_path.parents for m in codesync.ROOT_MARKERS):
+        pytest.skip("the temp dir lies inside a project")
+    assert find_project_root(script) == script.parent
+    assert find_project_root(script.parent) == script.parent
+
+
+# -- walking and ignore rules -----------------------------------------------------------------
+
+
+def test_manifest_files_modes_and_paths(project: Path) -> None:
+    manifest, paths = build_manifest(project)
+    assert set(manifest) == {
+        "pyproject.toml",
+        "main.py",
+        "pkg/__init__.py",
+        "pkg/model.py",
+        "scripts/run.sh",
+    }
+    assert manifest["scripts/run.sh"].mode == 0o755
+    assert manifest["main.py"].mode == 0o644
+    assert manifest["main.py"].size == len("import pkg\n")
+    assert paths["pkg/model.py"] == project / "pkg/model.py"
+
+
+def test_default_skips(project: Path) -> None:
+    for rel in [
+        ".git/config",
+        ".hg/store",
+        ".svn/entries",
+        ".venv/lib/site.py",
+        "venv/bin/python",
+        "pkg/__pycache__/model.cpython-311.pyc",
+        "stray.pyc",
+        ".mypy_cache/x.json",
+        ".pytest_cache/v",
+        ".ruff_cache/c",
+        "web/node_modules/left-pad/index.js",
+        "nb/.ipynb_checkpoints/a.ipynb",
+        ".DS_Store",
+        "pkg/.DS_Store",
+    ]:
+        write(project, rel)
+    assert paths_of(project) == {
+        "pyproject.toml",
+        "main.py",
+        "pkg/__init__.py",
+        "pkg/model.py",
+        "scripts/run.sh",
+    }
+
+
+def test_gitignore_root_nested_and_negation(project: Path) -> None:
+    write(project, ".gitignore", "*.log\n!keep.log\nbuild/\n/data.csv\n# comment\n")
+    write(project, "app.log")
+    write(project, "keep.log")
+    write(project, "pkg/debug.log")
+    write(project, "build/out.py")
+    write(project, "pkg/build/gen.py")  # "build/" matches at any depth
+    write(project, "data.csv")  # anchored to the root
+    write(project, "pkg/data.csv")  # ... so this one stays
+    write(project, "pkg/.gitignore", "secret.py\n/local.cfg\n!important.log\n")
+    write(project, "pkg/secret.py")
+    write(project, "pkg/sub/secret.py")  # nested pattern applies below its directory
+    write(project, "pkg/local.cfg")
+    write(project, "pkg/sub/local.cfg")  # anchored to pkg/
+    write(project, "secret.py")  # outside pkg/: the nested file does not apply
+    write(project, "pkg/important.log")  # re-included by the deeper file
+
+    got = paths_of(project)
+    assert {
+        ".gitignore",
+        "keep.log",
+        "pkg/data.csv",
+        "pkg/.gitignore",
+        "pkg/sub/local.cfg",
+        "secret.py",
+        "pkg/important.log",
+    } <= got
+    for gone in [
+        "app.log",
+        "pkg/debug.log",
+        "build/out.py",
+        "pkg/build/gen.py",
+        "data.csv",
+        "pkg/secret.py",
+        "pkg/sub/secret.py",
+        "pkg/local.cfg",
+    ]:
+        assert gone not in got
+
+
+def test_hotpodignore_and_override_of_gitignore(project: Path) -> None:
+    write(project, ".gitignore", "generated.py\n")
+    write(project, ".hotpodignore", "data/\n*.ckpt\n!generated.py\n")
+    write(project, "data/train.csv")
+    write(project, "model.ckpt")
+    write(project, "generated.py")
+    write(project, "pkg/.hotpodignore", "fixtures/\n")
+    write(project, "pkg/fixtures/big.json")
+    write(project, "fixtures/small.json")
+    got = paths_of(project)
+    assert "generated.py" in got  # .hotpodignore re-includes what .gitignore excludes
+    assert "fixtures/small.json" in got
+    assert not {"data/train.csv", "model.ckpt", "pkg/fixtures/big.json"} & got
+
+
+def test_ignored_directories_are_pruned(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(project, ".gitignore", "outputs/\n")
+    write(project, "outputs/run1/big.bin")
+    write(project, "node_modules/x/y.js")
+    scanned: list[str] = []
+    real_scandir = os.scandir
+
+    def spy(path: str):  # type: ignore[no-untyped-def]
+        scanned.append(os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(codesync.os, "scandir", spy)
+    build_manifest(project)
+    assert not [p for p in scanned if "outputs" in p or "node_modules" in p]
+    assert str(project / "pkg") in scanned
+
+
+def test_cannot_reinclude_inside_ignored_directory(project: Path) -> None:
+    write(project, ".gitignore", "out/\n!out/keep.py\n")
+    write(project, "out/keep.py")
+    assert "out/keep.py" not in paths_of(project)
+
+
+def test_symlinks(project: Path, tmp_path: Path) -> None:
+    target = write(project, "pkg/real.py", "REAL = 1\n")
+    (project / "alias.py").symlink_to(target)
+    (project / "rel_alias.py").symlink_to("pkg/real.py")
+    (project / "pkg_link").symlink_to(project / "pkg", target_is_directory=True)
+    (project / "loop").symlink_to(project, target_is_directory=True)
+    (project / "broken.py").symlink_to(project / "nowhere.py")
+    outside = write(tmp_path, "outside/secret.txt", "s")
+    (project / "outside.txt").symlink_to(outside)
+
+    manifest, _ = build_manifest(project)
+    assert manifest["alias.py"] == manifest["pkg/real.py"]
+    assert manifest["rel_alias.py"] == manifest["pkg/real.py"]
+    assert not {"broken.py", "outside.txt"} & set(manifest)
+    assert not [p for p in manifest if p.startswith(("pkg_link", "loop"))]
+
+
+def test_non_utf8_names_are_a_clear_error_unless_ignored(project: Path) -> None:
+    bad = os.fsencode(project) + b"/data-\xff.bin"
+    try:
+        with open(bad, "wb") as f:
+            f.write(b"x")
+    except OSError:
+        pytest.skip("the filesystem rejects non-UTF-8 names")
+    with pytest.raises(CodeSyncError, match="not valid UTF-8"):
+        build_manifest(project)
+    write(project, ".hotpodignore", "data-*\n")
+    assert "main.py" in paths_of(project)
+
+
+def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CodeSyncError, match="not a directory"):
+        build_manifest(tmp_path / "missing")
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+
+def test_sync_uploads_then_nothing_then_one_file(
+    project: Path, store: LocalStore, cache_dir: Path
+) -> None:
+    write(project, "pkg/dup.py", "class Model: ...\n")  # same content as pkg/model.py
+    first = sync(project, store, cache_dir)
+    assert isinstance(first, SyncResult)
+    assert first.root == project.resolve()
+    assert first.files == 6
+    assert first.uploaded_files == 5  # duplicates are uploaded once
+    assert first.uploaded_bytes == first.total_bytes - len("class Model: ...\n")
+    assert store.has_manifest(first.manifest_id)
+    assert first.seconds >= 0
+
+    again = sync(project, store, cache_dir)
+    assert again.manifest_id == first.manifest_id
+    assert (again.uploaded_files, again.uploaded_bytes) == (0, 0)
+
+    new_text = "class Model:\n    version = 2\n"
+    write(project, "pkg/model.py", new_text)
+    third = sync(project, store, cache_dir)
+    assert third.manifest_id != first.manifest_id
+    assert (third.uploaded_files, third.uploaded_bytes) == (1, len(new_text))
+    assert (
+        store.get_manifest(third.manifest_id)["pkg/dup.py"].digest
+        in store.get_manifest(first.manifest_id).digests
+    )
+
+
+def test_mode_change_alone_changes_manifest_without_upload(
+    project: Path, store: LocalStore, cache_dir: Path
+) -> None:
+    first = sync(project, store, cache_dir)
+    (project / "main.py").chmod(0o755)
+    second = sync(project, store, cache_dir)
+    assert second.manifest_id != first.manifest_id
+    assert second.uploaded_files == 0
+    assert store.get_manifest(second.manifest_id)["main.py"].mode == 0o755
+
+
+def test_snapshot_does_not_follow_later_edits(
+    project: Path, store: LocalStore, cache_dir: Path, tmp_path: Path
+) -> None:
+    v1 = sync(project, store, cache_dir)
+    snap1 = store.materialize(v1.manifest_id, tmp_path / "snaps" / v1.manifest_id)
+    assert (snap1 / "pkg/model.py").read_text() == "class Model: ...\n"
+    assert os.access(snap1 / "scripts/run.sh", os.X_OK)
+
+    write(project, "pkg/model.py", "class Model: pass  # edited\n")
+    (project / "main.py").unlink()
+    assert (snap1 / "pkg/model.py").read_text() == "class Model: ...\n"
+    assert (snap1 / "main.py").exists()
+
+    v2 = sync(project, store, cache_dir)
+    snap2 = store.materialize(v2.manifest_id, tmp_path / "snaps" / v2.manifest_id, previous=snap1)
+    assert (snap2 / "pkg/model.py").read_text() == "class Model: pass  # edited\n"
+    assert not (snap2 / "main.py").exists()
+    assert os.path.samefile(snap1 / "pkg/__init__.py", snap2 / "pkg/__init__.py")
+    assert read_marker(snap1) == v1.manifest_id and read_marker(snap2) == v2.manifest_id
+
+
+def test_sync_default_cache_dir_uses_hotpod_home(
+    project: Path, store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOTPOD_HOME", str(tmp_path / "home"))
+    reload_settings()
+    try:
+        age(project)
+        sync(project, store)
+        assert list((tmp_path / "home" / "cache" / "hashes").glob("*.json"))
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+
+def test_big_trees_hash_and_upload_in_parallel(
+    project: Path, store: LocalStore, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codesync, "_PARALLEL_BYTES", 1000)
+    for i in range(40):
+        write(project, f"gen/m{i:03}.py", f"N = {i}\n" * 10)
+    result = sync(project, store, cache_dir)
+    assert (result.files, result.uploaded_files) == (45, 45)
+    manifest = store.get_manifest(result.manifest_id)
+    assert store.get_bytes(manifest["gen/m007.py"].digest) == b"N = 7\n" * 10
+    assert store.missing(manifest.digests) == set()
+
+
+# -- hash cache -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = codesync.hash_file
+
+    def counting(path: Path) -> str:
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(codesync, "hash_file", counting)
+    return calls
+
+
+def test_hash_cache_avoids_rereading(
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+) -> None:
+    age(project)
+    first = sync(project, store, cache_dir)
+    assert len(hash_calls) == first.files
+    cache_file = HashCache.for_root(project, cache_dir).path
+    before = cache_file.stat()
+
+    hash_calls.clear()
+    assert sync(project, store, cache_dir).manifest_id == first.manifest_id
+    assert hash_calls == []  # stat only
+    after = cache_file.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+
+    path = write(project, "pkg/model.py", "class Model: changed = True\n")
+    os.utime(path, ns=(PAST + 10**9, PAST + 10**9))
+    result = sync(project, store, cache_dir)
+    assert hash_calls == ["model.py"]
+    assert result.uploaded_files == 1
+
+
+def test_recently_modified_files_are_not_trusted_to_the_cache(
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+) -> None:
+    age(project)
+    write(project, "fresh.py", "just written\n")  # mtime is now: could change again this tick
+    sync(project, store, cache_dir)
+    hash_calls.clear()
+    sync(project, store, cache_dir)
+    assert hash_calls == ["fresh.py"]
+
+
+def test_hash_cache_keyed_by_size_mtime_inode(tmp_path: Path) -> None:
+    path = write(tmp_path, "f.txt", "abc")
+    os.utime(path, ns=(PAST, PAST))
+    cache = HashCache(tmp_path / "c.json")
+    st = path.stat()
+    assert cache.lookup(str(path), st) is None
+    cache.record(str(path), st, "d" * 64, time.time_ns())
+    assert cache.lookup(str(path), st) == "d" * 64
+    cache.save()
+    fresh = HashCache(tmp_path / "c.json")
+    assert fresh.lookup(str(path), st) == "d" * 64
+    os.utime(path, ns=(PAST + 1, PAST + 1))
+    assert fresh.lookup(str(path), path.stat()) is None
+
+
+@pytest.mark.parametrize(
+    "content", [b"not json{", b"[]", b'{"version": 99}', b'{"version":1,"entries":{"x":5}}']
+)
+def test_corrupt_hash_cache_is_rebuilt(
+    project: Path, store: LocalStore, cache_dir: Path, content: bytes
+) -> None:
+    age(project)
+    expected = build_manifest(project)[0].id
+    cache_file = HashCache.for_root(project, cache_dir).path
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_bytes(content)
+    assert sync(project, store, cache_dir).manifest_id == expected
+    doc = json.loads(cache_file.read_bytes())
+    assert doc["version"] == 1 and len(doc["entries"]) == 5
+
+
+def test_stale_cache_entries_are_dropped(project: Path, store: LocalStore, cache_dir: Path) -> None:
+    age(project)
+    sync(project, store, cache_dir)
+    (project / "main.py").unlink()
+    sync(project, store, cache_dir)
+    doc = json.loads(HashCache.for_root(project, cache_dir).path.read_bytes())
+    assert str(project / "main.py") not in doc["entries"]
+    assert len(doc["entries"]) == 4
+
+
+# -- guards -----------------------------------------------------------------------------------
+
+
+def test_file_count_guard(project: Path, store: LocalStore, cache_dir: Path) -> None:
+    for i in range(10):
+        write(project, f"data/f{i}.txt")
+    with pytest.raises(CodeSyncError) as info:
+        sync(project, store, cache_dir, max_files=8)
+    message = str(info.value)
+    assert isinstance(info.value, HotpodError)
+    assert str(project) in message
+    assert ".hotpodignore" in message
+    assert "more than 8 files" in message
+    assert "data/" in message  # names the largest entries
+    write(project, ".hotpodignore", "data/\n")
+    assert sync(project, store, cache_dir, max_files=8).files == 6
+
+
+def test_byte_guard(project: Path, store: LocalStore, cache_dir: Path) -> None:
+    write(project, "weights.bin", b"\0" * 4096)
+    with pytest.raises(CodeSyncError, match=r"more than 2\.0 KiB"):
+        sync(project, store, cache_dir, max_bytes=2048)
