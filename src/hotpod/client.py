@@ -112,7 +112,19 @@ def rebuild_error(info: dict[str, Any], pickled: bytes | None) -> BaseException:
 
 
 class PodClient:
-    """HTTP access to the pods of one service."""
+    """HTTP access to the pods of one service. ``PodClient.shared`` gives one per service."""
+
+    _shared: dict[tuple[str, str], PodClient] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, service: str, token: str) -> PodClient:
+        """The process-wide client of a service, so handles share warm connections."""
+        with cls._shared_lock:
+            client = cls._shared.get((service, token))
+            if client is None:
+                client = cls._shared[(service, token)] = cls(service, token)
+            return client
 
     def __init__(self, service: str, token: str, log_out: TextIO | None = None) -> None:
         self.service = service
@@ -129,6 +141,7 @@ class PodClient:
         )
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._suspect: set[str] = set()  # pods whose connection broke: wait for them to be back
 
     def close(self) -> None:
         self._http.close()
@@ -194,6 +207,8 @@ class PodClient:
         start = time.monotonic()
         deadline = start + opts.timeout if opts.timeout else None
         what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
+        if pod.name in self._suspect:
+            self._await_pod(pod, what, start, deadline)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
@@ -228,6 +243,22 @@ class PodClient:
             resp.abandon()
             raise
 
+    def _await_pod(self, pod: PodInfo, what: str, start: float, deadline: float | None) -> None:
+        """Wait until a pod whose connection broke serves again (a new worker answers)."""
+        while True:
+            health = self.health(pod)
+            if health is not None and health.get("ready"):
+                self._suspect.discard(pod.name)
+                return
+            now = time.monotonic()
+            if now - start > RECONNECT_WINDOW or (deadline is not None and now >= deadline):
+                raise PodUnreachableError(
+                    f"{what}: pod {pod.name} has not come back since its connection broke "
+                    f"({now - start:.0f} s). Run 'hotpod describe {self.service}'.",
+                    pod=pod.name,
+                )
+            time.sleep(0.05)
+
     def _timeout(self, what: str, opts: CallOptions) -> CallTimeoutError:
         return CallTimeoutError(
             f"{what} did not finish within {opts.timeout:g} s (the handle's timeout); the "
@@ -235,6 +266,7 @@ class PodClient:
         )
 
     def _broken(self, what: str, pod: PodInfo, exc: Exception) -> PodUnreachableError:
+        self._suspect.add(pod.name)
         return PodUnreachableError(
             f"{what} failed: the connection to the pod broke mid-call ({exc}); its process "
             f"probably died. See 'hotpod logs {self.service} --pod {pod.name}'.",
@@ -271,11 +303,7 @@ class PodClient:
                     raise transport.TimedOut("deadline passed")
                 resp.set_timeout(left)
         if outcome is None:
-            raise PodUnreachableError(
-                f"{what}: the pod ended the response without a result; its process probably "
-                f"died. See 'hotpod logs {self.service} --pod {pod.name}'.",
-                pod=pod.name,
-            )
+            raise transport.Broken("the response ended without a result")
         ok, value = outcome
         if not ok:
             raise value
@@ -301,6 +329,7 @@ class PodClient:
     # -- deploy -----------------------------------------------------------------------------
 
     def health(self, pod: PodInfo) -> dict[str, Any] | None:
+        """The pod's /health answer, or None when it does not answer."""
         try:
             r = self._http.get(f"{pod.url}/health", timeout=2)
             return r.json() if r.status_code == 200 else None

@@ -134,7 +134,7 @@ def deploy(
         "init": init,
         "env": dict(image.env_vars) if image is not None else {},
     }
-    client = PodClient(name, service.token)
+    client = PodClient.shared(name, service.token)
     service = wait_ready(backend, client, service, compute.launch_timeout)
     results = client.launch(service.pods, spec, timeout=compute.launch_timeout)
     reloaded = sum(1 for r in results if r.get("reloaded"))

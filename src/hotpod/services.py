@@ -17,7 +17,7 @@ from hotpod.module import RemoteCls, RemoteFn
 def lookup(name: str) -> RemoteFn[..., Any] | RemoteCls[Any]:
     """A handle to the running service ``name`` (raises ServiceNotFoundError)."""
     info = get_backend().get(name)
-    client = PodClient(info.name, info.token)
+    client = PodClient.shared(info.name, info.token)
     if info.meta.get("kind") == "cls":
         return RemoteCls(info, client, CallOptions())
     return RemoteFn(info, client, CallOptions())
@@ -31,27 +31,24 @@ def list_services() -> list[ServiceInfo]:
 def describe(name: str) -> dict[str, Any]:
     """A service with its pods' live state (ready, launch id) as plain data."""
     info = get_backend().get(name)
-    client = PodClient(info.name, info.token)
+    client = PodClient.shared(info.name, info.token)
     pods = []
-    try:
-        for pod in info.pods:
-            health = client.health(pod) or {}
-            pods.append(
-                {
-                    "name": pod.name,
-                    "rank": pod.rank,
-                    "status": pod.status,
-                    "ready": bool(health.get("ready")),
-                    "launch_id": health.get("launch_id"),
-                    "url": pod.url,
-                    "pid": pod.pid,
-                    "restarts": pod.restarts,
-                    "last_exit": pod.last_exit,
-                    "log": pod.log_path,
-                }
-            )
-    finally:
-        client.close()
+    for pod in info.pods:
+        health = client.health(pod) or {}
+        pods.append(
+            {
+                "name": pod.name,
+                "rank": pod.rank,
+                "status": pod.status,
+                "ready": bool(health.get("ready")),
+                "launch_id": health.get("launch_id"),
+                "url": pod.url,
+                "pid": pod.pid,
+                "restarts": pod.restarts,
+                "last_exit": pod.last_exit,
+                "log": pod.log_path,
+            }
+        )
     return {
         "name": info.name,
         "kind": info.meta.get("kind", "fn"),

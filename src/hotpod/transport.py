@@ -78,6 +78,8 @@ class Transport:
     def __init__(self, connect_timeout: float = 5.0) -> None:
         self.connect_timeout = connect_timeout
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
     def _conns(self) -> dict[tuple[str, int], http.client.HTTPConnection]:
         conns = getattr(self._local, "conns", None)
@@ -100,6 +102,9 @@ class Transport:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conns[(host, port)] = conn
+        with self._lock:
+            self._all = [c for c in self._all if c.sock is not None]
+            self._all.append(conn)
         return conn
 
     def request(
@@ -129,6 +134,8 @@ class Transport:
         return Response(conn, resp)
 
     def close(self) -> None:
-        for conn in self._conns().values():
-            conn.close()
-        self._conns().clear()
+        """Close every connection, of every thread."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()

@@ -7,17 +7,22 @@ streams pod logs and tears down. Nothing above this seam branches on which backe
 from __future__ import annotations
 
 from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
-from hotpod.config import settings
+from hotpod.config import Settings, settings
+
+_backends: dict[Settings, Backend] = {}
 
 
 def get_backend() -> Backend:
-    """The backend the settings name (``HOTPOD_BACKEND``, default ``local``)."""
-    name = settings().backend
-    if name == "local":
+    """The backend the settings name (``HOTPOD_BACKEND``, default ``local``), one per settings."""
+    current = settings()
+    backend = _backends.get(current)
+    if backend is None:
+        if current.backend != "local":  # config validated the name already
+            raise AssertionError(f"unknown backend {current.backend!r}")
         from hotpod.backends.local.backend import LocalBackend
 
-        return LocalBackend(settings())
-    raise AssertionError(f"unknown backend {name!r}")  # config validated it already
+        backend = _backends[current] = LocalBackend(current)
+    return backend
 
 
 __all__ = ["Backend", "Plan", "PodInfo", "ServiceInfo", "get_backend"]

@@ -80,14 +80,15 @@ class LocalBackend(Backend):
             env = {**os.environ, "HOTPOD_HOME": str(home)}
             env.pop("HOTPOD_POD", None)
             with open(log, "ab") as fh:
-                subprocess.Popen(
-                    [sys.executable, "-m", "hotpod.backends.local.controller"],
+                subprocess.run(  # returns at once: the controller forks itself away
+                    [sys.executable, "-m", "hotpod.backends.local.controller", "--daemon"],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     cwd=home,
+                    check=False,
                 )
             deadline = time.monotonic() + CONTROLLER_START_TIMEOUT
             while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ a restarted controller adopts the pods it finds alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from hotpod.backends.local.registry import Registry
 from hotpod.config import Settings, reload_settings
 
 MONITOR_INTERVAL = 0.2
+#: a controller with no services exits after this many seconds (HOTPOD_CONTROLLER_IDLE)
+IDLE_EXIT = float(os.environ.get("HOTPOD_CONTROLLER_IDLE", "600"))
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0
 STOP_GRACE = 5.0
@@ -234,6 +238,7 @@ class Controller:
                 pass
 
     async def monitor(self) -> None:
+        idle_since = time.monotonic()
         while True:
             await asyncio.sleep(MONITOR_INTERVAL)
             async with self.lock:
@@ -241,6 +246,11 @@ class Controller:
                 for pods in self.pods.values():
                     for pod in pods:
                         self._tend(pod, now)
+                if self.services:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_EXIT and self.server is not None:
+                    print(f"no services for {IDLE_EXIT:.0f} s; exiting", flush=True)
+                    self.server.should_exit = True
 
     def _tend(self, pod: Pod, now: float) -> None:
         if pod.status == "running" and not pod.alive():
@@ -368,7 +378,8 @@ def build_app(ctl: Controller) -> Starlette:
             ctl.server.should_exit = True
         return JSONResponse({"stopping": True, "services": sorted(ctl.services)})
 
-    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(ctl.monitor())
         yield
         task.cancel()
@@ -387,7 +398,16 @@ def build_app(ctl: Controller) -> Starlette:
     )
 
 
+def _daemonize() -> None:
+    """Fork once more so the controller is nobody's child: no zombie when it exits."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
 def main() -> int:
+    if "--daemon" in sys.argv[1:]:
+        _daemonize()
     settings = reload_settings()
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = open(settings.home / "controller.lock", "w")  # noqa: SIM115 (held for life)

@@ -1,0 +1,62 @@
+"""The CLI, in process, against a live local backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import remote_code as rc
+from click.testing import CliRunner
+
+import hotpod as kt
+from hotpod.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def services(hotpod_home):
+    kt.fn(rc.train, name="cli-train").to(kt.Compute(cpus="0.5", replicas=2))
+    kt.cls(rc.Model, name="cli-model").to(kt.Compute(cpus="0.5"), init_args=["m"])
+    yield
+    kt_teardown = CliRunner().invoke(main, ["teardown", "cli-train"])
+    assert kt_teardown.exit_code == 0
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_list_and_describe(services):
+    out = run("list")
+    assert "cli-train" in out and "2/2" in out and "cli-model" in out
+    out = run("describe", "cli-train")
+    assert "cli-train-0" in out and "cli-train-1" in out and "ready" in out
+    assert "remote_code:train" in out
+    d = json.loads(run("describe", "cli-model", "--json"))
+    assert d["kind"] == "cls" and d["pods"][0]["ready"] is True
+
+
+def test_call_function_and_method(services):
+    out = run("call", "cli-train", "--args", "[[2, 4]]", "--kwargs", '{"epochs": 1}')
+    assert json.loads(out[out.index("[") :])[1]["rank"] == 1
+    assert json.loads(run("call", "cli-model", "predict", "--args", '["hi"]')) == "m:HI"
+
+
+def test_logs_show_call_output(services):
+    run("call", "cli-train", "--args", "[[1]]", "--kwargs", '{"epochs": 3}')
+    out = run("logs", "cli-train", "--pod", "cli-train-1")
+    assert "(cli-train-1)" in out and "training on rank 1 for 3 epochs" in out
+    assert "(cli-train-0)" not in out
+
+
+def test_errors_are_clear(services):
+    assert "no service named 'nope'" in run("call", "nope", code=1)
+    assert "not valid JSON" in run("call", "cli-train", "--args", "[1", code=2)
+    assert "name the method" in run("call", "cli-model", code=2)
+    assert "give a service NAME or --all" in run("teardown", code=2)
+    assert "no service named 'ghost'" in run("teardown", "ghost", code=1)
+    out = run("call", "cli-model", "nope", code=1)
+    assert "no attribute 'nope'" in out

@@ -1,0 +1,228 @@
+"""End to end on the local backend: real controller, real pod processes, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import hotpod as kt
+import remote_code as rc
+from conftest import hotpod_processes
+
+pytestmark = pytest.mark.slow
+
+HALF = kt.Compute(cpus="0.5")
+
+
+def test_seed_fn_on_three_replicas_returns_three_results(hotpod_home, capsys):
+    remote_train = kt.fn(rc.train).to(kt.Compute(cpus="0.5", replicas=3))
+    results = remote_train([1, 2, 3], epochs=10)
+    assert [r["rank"] for r in results] == [0, 1, 2]
+    assert results[0] == {"rank": 0, "loss": 0.6, "world": "3"}
+    out = capsys.readouterr().out
+    for rank in range(3):
+        assert f"(train-{rank}) training on rank {rank} for 10 epochs" in out
+    assert remote_train.pods == ["train-0", "train-1", "train-2"]
+
+
+def test_seed_cls_keeps_state_and_survives_a_no_change_redeploy(hotpod_home):
+    compute = kt.Compute(cpus="0.5")
+    remote_model = kt.cls(rc.Model).to(compute, init_args={"model_name": "bert-base"})
+    assert remote_model.predict("Hello world") == "bert-base:HELLO WORLD"
+    assert remote_model.predict("again") == "bert-base:AGAIN"
+    t0 = time.perf_counter()
+    again = kt.cls(rc.Model).to(compute, init_args={"model_name": "bert-base"})
+    assert time.perf_counter() - t0 < 2.0
+    assert again.count() == 2  # same instance: nothing was reloaded
+    rebuilt = kt.cls(rc.Model).to(compute, init_args={"model_name": "gpt"})
+    assert rebuilt.count() == 0
+    assert rebuilt.predict("x") == "gpt:X"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        rebuilt.nope()
+
+
+def test_json_pickle_and_async(hotpod_home):
+    remote = kt.fn(rc.echo).to(HALF)
+    assert remote(1, "a", k=[1, 2]) == ((1, "a"), {"k": [1, 2]})  # a tuple comes back a tuple
+    args, kwargs = remote((1, 2), when={1: "x"})  # tuples/int keys: pickle, unchanged
+    assert args == ((1, 2),) and kwargs == {"when": {1: "x"}}
+    with pytest.raises(TypeError, match="cannot be sent as JSON"):
+        remote.with_options(serialization="json")((1, 2))
+    assert kt.fn(rc.async_add).to(HALF)(2, 3) == 5
+
+
+def test_remote_exceptions_keep_their_type_and_traceback(hotpod_home):
+    remote = kt.fn(rc.fail).to(HALF)
+    with pytest.raises(ValueError, match="bad value on the pod") as info:
+        remote("value")
+    assert "remote_code.py" in str(info.value.__cause__)
+    with pytest.raises(rc.CustomError, match="custom failure"):
+        remote("custom")
+    with pytest.raises(kt.RemoteError, match="local failure") as info:
+        remote("local")
+    assert "Local" in info.value.type_name and info.value.pod == "fail-0"
+
+
+def test_broadcast_partial_failure_names_pods_and_keeps_results(hotpod_home):
+    remote = kt.fn(rc.fail_on_rank).to(kt.Compute(cpus="0.5", replicas=3))
+    with pytest.raises(kt.BroadcastError, match="fail-on-rank-1") as info:
+        remote(1)
+    err = info.value
+    assert err.results == [0, None, 2]
+    assert isinstance(err.errors[1], RuntimeError)
+    assert remote(7) == [0, 1, 2]
+
+
+def test_timeout_raises_promptly(hotpod_home):
+    remote = kt.fn(rc.sleep).to(HALF).with_options(timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(kt.CallTimeoutError, match=r"within 0\.5 s"):
+        remote(5)
+    assert time.monotonic() - t0 < 2
+    assert remote(0.01) == 0.01
+
+
+def test_kill_9_during_a_call_fails_fast_and_the_pod_comes_back(hotpod_home):
+    remote = kt.fn(rc.sleep, name="victim").to(HALF)
+    from hotpod.services import describe
+
+    pid = describe("victim")["pods"][0]["pid"]
+    import threading
+
+    threading.Timer(0.5, os.killpg, (pid, signal.SIGKILL)).start()
+    t0 = time.monotonic()
+    with pytest.raises(kt.PodUnreachableError, match="victim-0") as exc:
+        remote(30)
+    assert time.monotonic() - t0 < 5
+    assert exc.value.pod == "victim-0"
+    assert remote(0.01) == 0.01  # restarted by the controller, launch resumed
+    pods = describe("victim")["pods"]
+    assert pods[0]["restarts"] == 1 and pods[0]["pid"] != pid
+
+
+def test_env_secrets_and_shared_volume(hotpod_home, monkeypatch):
+    monkeypatch.setenv("HP_TEST_TOKEN", "s3cret")
+    compute = kt.Compute(
+        cpus="0.5",
+        replicas=2,
+        env_vars={"MODE": "dev"},
+        secrets=[kt.Secret(name="hp-test-token", env_var="HP_TEST_TOKEN")],
+        volumes=[kt.Volume(name="shared-data", mount_path="/data", size="1Gi")],
+        image=kt.Image("python:3.11").set_env_vars({"FROM_IMAGE": "yes"}),
+    )
+    remote = kt.fn(rc.env).to(compute)
+    assert remote("MODE", "HP_TEST_TOKEN", "FROM_IMAGE") == [
+        {"MODE": "dev", "HP_TEST_TOKEN": "s3cret", "FROM_IMAGE": "yes"}
+    ] * 2
+    writer = kt.fn(rc.volume_write).to(kt.Compute(cpus="0.5", volumes=compute.volumes))
+    path = writer("/data", "hello.txt", "from pod 0")
+    assert path.endswith("/data")
+    reader = kt.fn(rc.volume_read).to(compute)
+    assert reader("/data", "hello.txt") == ["from pod 0", "from pod 0"]
+
+
+def test_gpu_request_fails_fast(hotpod_home, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    t0 = time.monotonic()
+    with pytest.raises(kt.ResourceUnavailableError, match=r"1 GPU\(s\) per pod, but this machine has 0"):
+        kt.fn(rc.echo, name="gpu-echo").to(kt.Compute(gpus="1"))
+    assert time.monotonic() - t0 < 5
+
+
+def test_by_value_function_and_replica_scaling(hotpod_home):
+    offset = 40
+
+    def closure(x):
+        return x + offset
+
+    remote = kt.fn(closure, name="closure").to(HALF)
+    assert remote(2) == 42
+    remote = kt.fn(lambda x: x * 2, name="lam").to(kt.Compute(cpus="0.5", replicas=2))
+    assert remote(4) == [8, 8]
+    pids = kt.fn(rc.pid, name="lam").to(kt.Compute(cpus="0.5", replicas=2))()
+    scaled = kt.fn(rc.pid, name="lam").to(kt.Compute(cpus="0.5", replicas=3))()
+    assert scaled[:2] == pids  # scaling up kept the pods that stay
+    assert len(set(scaled)) == 3
+
+
+def test_code_change_redeploys_and_pods_keep_their_snapshot(hotpod_home, tmp_path, monkeypatch):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname='proj'\n")
+    mod = project / "hp_snapshot_mod.py"
+    mod.write_text("def version():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(project))
+    import hp_snapshot_mod
+
+    remote = kt.fn(hp_snapshot_mod.version).to(HALF)
+    assert remote() == 1
+    mod.write_text("def version():\n    return 2\n")
+    assert remote() == 1  # edits after .to() do not reach the pod
+    import importlib
+
+    importlib.reload(hp_snapshot_mod)
+    remote = kt.fn(hp_snapshot_mod.version).to(HALF)
+    assert remote() == 2
+
+
+def test_script_without_main_guard_deploys(hotpod_home, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import hotpod as kt
+
+            def double(x):
+                return 2 * x
+
+            remote = kt.fn(double, name="script-double").to(kt.Compute(cpus="0.5"))
+            print("RESULT", remote(21))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "RESULT 42" in out.stdout
+
+
+def test_teardown_all_leaves_no_process(tmp_path):
+    env = {**os.environ, "HOTPOD_HOME": str(tmp_path / "home")}
+    code = textwrap.dedent(
+        """
+        import hotpod as kt
+        import remote_code as rc
+        kt.fn(rc.echo).to(kt.Compute(cpus="0.5", replicas=2))
+        kt.cls(rc.Model).to(kt.Compute(cpus="0.5"), init_args={"model_name": "m"})
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).parent,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    home = tmp_path / "home"
+    assert len(hotpod_processes(home)) == 1 + 3 * 2  # controller + (supervisor, worker) per pod
+    out = subprocess.run(
+        [sys.executable, "-m", "hotpod.cli", "teardown", "--all"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "deleted echo" in out.stdout and "deleted model" in out.stdout
+    deadline = time.monotonic() + 5
+    while hotpod_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hotpod_processes(home) == []

@@ -1,0 +1,52 @@
+"""The public API is exactly what hotpod/__init__.py lists, and importing it stays cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import hotpod
+
+
+def test_all_is_sorted_and_every_name_resolves():
+    assert hotpod.__all__ == sorted(hotpod.__all__)
+    for name in hotpod.__all__:
+        assert getattr(hotpod, name) is not None, name
+
+
+def test_unknown_attribute_raises_attribute_error():
+    try:
+        hotpod.nope  # noqa: B018
+    except AttributeError as exc:
+        assert "nope" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_errors_share_one_root():
+    for name in hotpod.__all__:
+        obj = getattr(hotpod, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, hotpod.HotpodError), name
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, hotpod\n"
+        "heavy = [m for m in ('httpx', 'uvicorn', 'starlette', 'cloudpickle', 'psutil', "
+        "'hotpod.module', 'hotpod.compute') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_specs_import_nothing_heavy():
+    code = (
+        "import sys, hotpod as kt\n"
+        "kt.Compute(cpus='1', image=kt.Image('python:3.11'), secrets=[kt.Secret('a', 'A')],"
+        " volumes=[kt.Volume('v', '/v')])\n"
+        "print([m for m in ('httpx', 'uvicorn', 'starlette', 'cloudpickle') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
