@@ -148,7 +148,9 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     restarts0 = {p.name: p.restarts for p in service.pods}
     pending = list(service.pods)
-    next_check = time.monotonic() + 1.0
+    started = time.monotonic()
+    next_check = started + 1.0
+    next_report = started + 2.0
     while pending:
         pending = [p for p in pending if client.health(p) is None]
         if not pending:
@@ -165,6 +167,15 @@ def wait_ready(
                         f"last exit code {p.last_exit}). Its log ends with:\n{_log_tail(p.log_path)}"
                     )
             next_check = now + 1.0
+        if now > next_report:
+            waiting = ", ".join(f"{p.name} ({p.status})" for p in pending)
+            print(
+                f"hotpod: {service.name!r}: {len(service.pods) - len(pending)}/"
+                f"{len(service.pods)} pods up after {now - started:.0f} s; waiting for {waiting}",
+                file=sys.stderr,
+                flush=True,
+            )
+            next_report = now + 5.0
         if now > deadline:
             names = ", ".join(f"{p.name} ({p.status})" for p in pending)
             raise DeployError(
