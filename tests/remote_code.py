@@ -15,7 +15,11 @@ class CustomError(Exception):
 def train(data, epochs):
     rank = int(os.environ["HOTPOD_RANK"])
     print(f"training on rank {rank} for {epochs} epochs")
-    return {"rank": rank, "loss": sum(data) / (epochs + rank), "world": os.environ["HOTPOD_WORLD_SIZE"]}
+    return {
+        "rank": rank,
+        "loss": sum(data) / (epochs + rank),
+        "world": os.environ["HOTPOD_WORLD_SIZE"],
+    }
 
 
 def echo(*args, **kwargs):
@@ -80,3 +84,28 @@ class Model:
 
     def count(self):
         return self.calls
+
+
+def log_then_sleep(seconds: float):
+    import logging
+
+    print("first line", flush=True)
+    logging.getLogger("user").warning("a warning from logging")
+    time.sleep(seconds)
+    print("last line")
+    return "done"
+
+
+def blocking(seconds: float):
+    start = time.time()
+    time.sleep(seconds)
+    return start
+
+
+class BadInit:
+    def __init__(self, fail: bool):
+        if fail:
+            raise RuntimeError("init refused")
+
+    def ok(self):
+        return "ok"

@@ -118,9 +118,10 @@ def test_env_secrets_and_shared_volume(hotpod_home, monkeypatch):
         image=kt.Image("python:3.11").set_env_vars({"FROM_IMAGE": "yes"}),
     )
     remote = kt.fn(rc.env).to(compute)
-    assert remote("MODE", "HP_TEST_TOKEN", "FROM_IMAGE") == [
-        {"MODE": "dev", "HP_TEST_TOKEN": "s3cret", "FROM_IMAGE": "yes"}
-    ] * 2
+    assert (
+        remote("MODE", "HP_TEST_TOKEN", "FROM_IMAGE")
+        == [{"MODE": "dev", "HP_TEST_TOKEN": "s3cret", "FROM_IMAGE": "yes"}] * 2
+    )
     writer = kt.fn(rc.volume_write).to(kt.Compute(cpus="0.5", volumes=compute.volumes))
     path = writer("/data", "hello.txt", "from pod 0")
     assert path.endswith("/data")
@@ -131,7 +132,9 @@ def test_env_secrets_and_shared_volume(hotpod_home, monkeypatch):
 def test_gpu_request_fails_fast(hotpod_home, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     t0 = time.monotonic()
-    with pytest.raises(kt.ResourceUnavailableError, match=r"1 GPU\(s\) per pod, but this machine has 0"):
+    with pytest.raises(
+        kt.ResourceUnavailableError, match=r"1 GPU\(s\) per pod, but this machine has 0"
+    ):
         kt.fn(rc.echo, name="gpu-echo").to(kt.Compute(gpus="1"))
     assert time.monotonic() - t0 < 5
 
@@ -226,3 +229,44 @@ def test_teardown_all_leaves_no_process(tmp_path):
     while hotpod_processes(home) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hotpod_processes(home) == []
+
+
+def test_logs_stream_live_and_include_logging(hotpod_home, monkeypatch):
+    import io
+
+    seen: list[tuple[float, str]] = []
+
+    class Recorder(io.StringIO):
+        def write(self, s: str) -> int:
+            seen.append((time.monotonic(), s))
+            return len(s)
+
+    remote = kt.fn(rc.log_then_sleep).to(HALF)
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    assert remote(1.0) == "done"
+    returned = time.monotonic()
+    text = "".join(s for _, s in seen)
+    assert "(log-then-sleep-0) first line" in text
+    assert "(log-then-sleep-0) a warning from logging" in text
+    first = next(t for t, s in seen if "first line" in s)
+    assert returned - first > 0.8  # printed while the call was still running
+
+
+def test_sync_calls_run_concurrently_on_one_pod(hotpod_home):
+    import concurrent.futures
+
+    remote = kt.fn(rc.blocking).to(HALF)
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        starts = list(pool.map(remote, [1.0] * 4))
+    assert time.monotonic() - t0 < 2.5
+    assert max(starts) - min(starts) < 0.5
+
+
+def test_failed_deploy_names_the_pod_and_keeps_the_previous_version(hotpod_home):
+    ok = kt.cls(rc.BadInit, name="bad-init").to(HALF, init_args={"fail": False})
+    assert ok.ok() == "ok"
+    with pytest.raises(kt.DeployError, match="bad-init-0") as info:
+        kt.cls(rc.BadInit, name="bad-init").to(HALF, init_args={"fail": True})
+    assert "init refused" in str(info.value) and "running __init__ failed" in str(info.value)
+    assert ok.ok() == "ok"  # the previous instance still answers
