@@ -130,6 +130,8 @@ def decode_request(body: bytes, content_type: str) -> tuple[list, dict]:
     if ct == CT_JSON:
         try:
             payload = json.loads(body) if body else {}
+        except RecursionError:
+            raise ProtocolError("request body is not valid JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"request body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
@@ -169,6 +171,13 @@ def decode_result(kind: bytes, payload: bytes) -> Any:
     return pickle.loads(payload)
 
 
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not turn the user's error into a server error
+        return f"<exception str() failed: {type(exc).__name__}>"
+
+
 def encode_error(exc: BaseException, tb: str, pod: str, rank: int) -> bytes:
     """The X (best effort) and E frames describing an exception."""
     t = type(exc)
@@ -176,7 +185,7 @@ def encode_error(exc: BaseException, tb: str, pod: str, rank: int) -> bytes:
         "type": f"{t.__module__}.{t.__qualname__}",
         "module": t.__module__,
         "qualname": t.__qualname__,
-        "message": str(exc),
+        "message": _safe_str(exc),
         "traceback": tb,
         "pod": pod,
         "rank": rank,

@@ -131,11 +131,36 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def _check_spec(spec: Any) -> None:
+    """Check a launch spec's shape (see ``loader``); raises ValueError naming what is wrong."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("code"), dict):
+        raise ValueError("expected a JSON object with a 'code' object")
+    if spec.get("kind", "fn") not in ("fn", "cls"):
+        raise ValueError(f"'kind' is {spec.get('kind')!r}: expected 'fn' or 'cls'")
+    code = spec["code"]
+    for key in ("manifest", "module", "script", "qualname", "by_value"):
+        if not isinstance(code.get(key), (str, type(None))):
+            raise ValueError(f"'code.{key}' must be a string or null")
+    if not (code.get("by_value") or code.get("script") or code.get("module")):
+        raise ValueError("'code' names no 'module', 'script' or 'by_value' to load")
+    if not code.get("by_value") and not code.get("qualname"):
+        raise ValueError("'code.qualname' is missing: which function or class to serve")
+    paths = code.get("paths", [""])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise ValueError("'code.paths' must be a list of strings")
+    if not isinstance(spec.get("init"), (str, type(None))):
+        raise ValueError("'init' must be a string (a blob digest) or null")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise ValueError("'env' must be an object of names to values")
+
+
 class PodApp:
     """The ASGI application of one pod."""
 
     def __init__(self, state: PodState) -> None:
         self.state = state
+        self._resuming: asyncio.Task[None] | None = None  # resuming the persisted launch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -153,7 +178,7 @@ class PodApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                asyncio.get_running_loop().create_task(self._resume())
+                self._resuming = asyncio.get_running_loop().create_task(self._resume())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.state.executor is not None:
@@ -193,6 +218,8 @@ class PodApp:
         self._check_auth(scope)
         self._check_protocol(scope)
         if path == "/_hotpod/info":
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"use GET {path}")
             await _send_json(send, 200, self._info())
             return
         if method != "POST":
@@ -247,8 +274,9 @@ class PodApp:
         body = await _read_body(scope, receive, 16 << 20)
         try:
             spec = json.loads(body)
-            if not isinstance(spec, dict) or not isinstance(spec.get("code"), dict):
-                raise ValueError("expected a JSON object with a 'code' object")
+            _check_spec(spec)
+        except RecursionError:
+            raise HTTPError(400, "malformed launch spec: nested too deeply") from None
         except ValueError as exc:
             raise HTTPError(400, f"malformed launch spec: {exc}") from None
         t0 = time.perf_counter()
@@ -311,6 +339,8 @@ class PodApp:
             args, kwargs = wire.decode_request(body, _header(scope, b"content-type") or "")
         except ProtocolError as exc:
             raise HTTPError(400, str(exc)) from None
+        if st.loaded is None and self._resuming is not None and not self._resuming.done():
+            await asyncio.wait([self._resuming])  # a restarted worker: wait for its code
         if st.loaded is None:
             raise HTTPError(503, "this pod serves no code yet; deploy it with .to() first")
         loaded = st.loaded
@@ -340,12 +370,17 @@ class PodApp:
         done = object()
 
         async def run() -> None:
-            payload = await self._invoke(target, args, kwargs, accept, log)
-            queue.put_nowait(payload)
-            queue.put_nowait(done)
+            try:
+                payload = await self._invoke(target, args, kwargs, accept, log)
+                queue.put_nowait(payload)
+            finally:  # even when the runtime itself failed: the response must end, not hang
+                queue.put_nowait(done)
 
         task = loop.create_task(run())
         first = await queue.get()
+        if first is done:
+            await task  # raises the runtime's error
+            raise HTTPError(500, "the call ended without a result")
         if not queue.empty() and queue._queue[0] is done:  # type: ignore[attr-defined]
             await _send_bytes(send, 200, first, wire.CT_FRAMES)  # type: ignore[arg-type]
             await task

@@ -107,18 +107,23 @@ def _lookup(obj: Any, qualname: str) -> Any:
     return obj
 
 
-def _purge(previous: Loaded) -> None:
-    """Forget the modules imported from the previous snapshot so the new one imports fresh."""
+def _purge(previous: Loaded) -> dict[str, Any]:
+    """Forget the modules imported from the previous snapshot so the new one imports fresh.
+
+    Returns the modules it removed, so that a failed load can put them back.
+    """
+    removed: dict[str, Any] = {}
     if previous.snapshot is None:
-        return
+        return removed
     root = str(previous.snapshot)
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None) or ""
         if f.startswith(root):
-            del sys.modules[name]
+            removed[name] = sys.modules.pop(name)
     for p in previous.paths:
         while p in sys.path:
             sys.path.remove(p)
+    return removed
 
 
 def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | None) -> Loaded:
@@ -142,14 +147,17 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
     old_path = list(sys.path)
     old_env = dict(os.environ)
     before = set(sys.modules)
+    purged: dict[str, Any] = {}
     if previous is not None and previous.snapshot != snapshot:
-        _purge(previous)
+        purged = _purge(previous)
     paths = (
         [str(snapshot / p) if p else str(snapshot) for p in code.get("paths", [""])]
         if snapshot
         else []
     )
     for p in reversed(paths):
+        while p in sys.path:  # a relaunch of the same snapshot must not stack duplicates
+            sys.path.remove(p)
         sys.path.insert(0, p)
     for k in (previous.spec.get("env") or {}) if previous else {}:
         os.environ.pop(k, None)
@@ -191,6 +199,8 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
                 "_hotpod_"
             ):
                 del sys.modules[name]
+        for name, mod in purged.items():  # the previous code keeps its modules and their state
+            sys.modules.setdefault(name, mod)
         if previous is not None and previous.snapshot is not None:
             for p in previous.paths:
                 if p not in sys.path:
