@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import remote_code as rc
 from click.testing import CliRunner
 
 import hotpod as kt
+import remote_code as rc
 from hotpod.cli import main
 
 pytestmark = pytest.mark.slow
@@ -23,10 +23,10 @@ def services(hotpod_home):
     assert kt_teardown.exit_code == 0
 
 
-def run(*args: str, code: int = 0):
+def run(*args: str, code: int = 0, stdout: bool = False):
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == code, result.output
-    return result.output
+    return result.stdout if stdout else result.output
 
 
 def test_list_and_describe(services):
@@ -40,8 +40,8 @@ def test_list_and_describe(services):
 
 
 def test_call_function_and_method(services):
-    out = run("call", "cli-train", "--args", "[[2, 4]]", "--kwargs", '{"epochs": 1}')
-    assert json.loads(out[out.index("[") :])[1]["rank"] == 1
+    out = run("call", "cli-train", "--args", "[[2, 4]]", "--kwargs", '{"epochs": 1}', stdout=True)
+    assert json.loads(out)[1]["rank"] == 1  # the pods' logs went to stderr
     assert json.loads(run("call", "cli-model", "predict", "--args", '["hi"]')) == "m:HI"
 
 

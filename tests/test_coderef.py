@@ -7,7 +7,6 @@ import os
 import pickle
 
 import remote_code as rc
-
 from hotpod.coderef import resolve
 
 

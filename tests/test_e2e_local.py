@@ -270,3 +270,37 @@ def test_failed_deploy_names_the_pod_and_keeps_the_previous_version(hotpod_home)
         kt.cls(rc.BadInit, name="bad-init").to(HALF, init_args={"fail": True})
     assert "init refused" in str(info.value) and "running __init__ failed" in str(info.value)
     assert ok.ok() == "ok"  # the previous instance still answers
+
+
+def test_remote_sys_exit_does_not_end_the_caller(hotpod_home):
+    remote = kt.fn(rc.exit_now).to(HALF)
+    with pytest.raises(kt.RemoteError, match="SystemExit"):
+        remote(3)
+    assert remote.pods == ["exit-now-0"]
+
+
+def test_lookup_list_and_teardown_are_public(hotpod_home):
+    kt.fn(rc.echo, name="lookup-me").to(HALF)
+    handle = kt.lookup("lookup-me")
+    assert handle(1) == ((1,), {})
+    assert "lookup-me" in [s.name for s in kt.list_services()]
+    assert kt.teardown("lookup-me") == ["lookup-me"]
+    with pytest.raises(kt.ServiceNotFoundError):
+        kt.lookup("lookup-me")
+
+
+def test_template_change_replaces_pods_and_says_so(hotpod_home, capsys):
+    first = kt.fn(rc.pid, name="rollout").to(kt.Compute(cpus="0.5", env_vars={"V": "1"}))()
+    capsys.readouterr()
+    second = kt.fn(rc.pid, name="rollout").to(kt.Compute(cpus="0.5", env_vars={"V": "2"}))()
+    assert "pods replaced" in capsys.readouterr().err
+    assert first != second
+
+
+def test_camel_case_class_names_become_dns_labels():
+    from hotpod.deploy import service_name
+
+    assert service_name("TrainModel") == "train-model"
+    assert service_name("train_model") == "train-model"
+    assert service_name("HTTPServer") == "httpserver"
+    assert service_name("_private") == "private"

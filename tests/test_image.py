@@ -142,7 +142,7 @@ def test_image_id_rejects(image_id: object) -> None:
         "python:3.11",
         "pytorch/pytorch:2.0.0-cuda11.7-cudnn8-runtime",
         "localhost:5000/app",
-        "ghcr.io/org/app:1.0",
+        "example.com/org/app:1.0",
         "python@sha256:" + "a" * 64,
     ],
 )

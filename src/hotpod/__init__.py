@@ -38,6 +38,9 @@ _EXPORTS: dict[str, str] = {
     "Volume": "hotpod.volume",
     "cls": "hotpod.module",
     "fn": "hotpod.module",
+    "list_services": "hotpod.services",
+    "lookup": "hotpod.services",
+    "teardown": "hotpod.services",
 }
 
 __all__ = [
@@ -64,6 +67,9 @@ __all__ = [
     "__version__",
     "cls",
     "fn",
+    "list_services",
+    "lookup",
+    "teardown",
 ]
 
 
@@ -99,4 +105,5 @@ if TYPE_CHECKING:
     from hotpod.image import Image
     from hotpod.module import Cls, Fn, RemoteCls, RemoteFn, cls, fn
     from hotpod.secret import Secret
+    from hotpod.services import list_services, lookup, teardown
     from hotpod.volume import Volume

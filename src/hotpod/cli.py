@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -147,27 +148,29 @@ def call(
     kwargs = _json_arg(kwargs_json, "--kwargs", dict)
     try:
         handle = lookup(name)
-        if timeout is not None:
-            handle = handle.with_options(timeout=timeout)
-        if isinstance(handle, RemoteCls):
-            if not method:
-                raise click.UsageError(
-                    f"{name!r} is a class: name the method, 'hotpod call {name} METHOD'"
-                )
-            result = getattr(handle, method)(*args, **kwargs)
-        else:
-            if method:
-                raise click.UsageError(f"{name!r} is a function: it has no method {method!r}")
-            result = handle(*args, **kwargs)
     except HotpodError as exc:
         _fail(exc)
-    except click.ClickException:
-        raise
+    if timeout is not None:
+        handle = handle.with_options(timeout=timeout)
+    if isinstance(handle, RemoteCls):
+        if not method:
+            raise click.UsageError(
+                f"{name!r} is a class: name the method, 'hotpod call {name} METHOD'"
+            )
+        target = getattr(handle, method)
+    elif method:
+        raise click.UsageError(f"{name!r} is a function: it has no method {method!r}")
+    else:
+        target = handle
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the pods' logs; stdout is the result
+            result = target(*args, **kwargs)
+    except HotpodError as exc:
+        _fail(exc)
     except Exception as exc:  # the remote code raised
         click.echo(f"Error: the call raised {type(exc).__name__}: {exc}", err=True)
-        cause = exc.__cause__
-        if cause is not None:
-            click.echo(str(cause).strip(), err=True)
+        if exc.__cause__ is not None:
+            click.echo(str(exc.__cause__).strip(), err=True)
         sys.exit(1)
     try:
         click.echo(json.dumps(result, indent=2, default=repr))

@@ -97,7 +97,7 @@ def rebuild_error(info: dict[str, Any], pickled: bytes | None) -> BaseException:
                 exc = obj(info["message"])
         except Exception:
             exc = None
-    if not isinstance(exc, BaseException):
+    if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: never end the caller
         exc = RemoteError(
             info.get("message", ""),
             type_name=info.get("type", ""),

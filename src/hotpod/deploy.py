@@ -6,7 +6,9 @@ as asked, and pods that already serve the same code and init args keep their wor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
 import sys
 import time
@@ -22,11 +24,17 @@ from hotpod.errors import DeployError, SpecError
 
 log = logging.getLogger("hotpod")
 
-_LABEL_MAX = 56  # leaves room for "-<rank>" in pod names
+_LABEL_MAX = 56
+#: pod runtime settings taken from the deploying client's environment
+_PASS_THROUGH = (
+    "HOTPOD_MAX_BODY_BYTES",
+    "HOTPOD_THREADS",
+)  # leaves room for "-<rank>" in pod names
 
 
 def service_name(name: str) -> str:
     """A function or class name made a valid DNS label (``train_model`` -> ``train-model``)."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name)  # TrainModel -> Train-Model
     out = re.sub(r"[^a-z0-9-]+", "-", name.replace("_", "-").lower()).strip("-")
     out = re.sub(r"-{2,}", "-", out)
     if out and not out[0].isalpha():
@@ -49,7 +57,8 @@ def check_name(name: str) -> str:
 
 def pod_template(compute: Compute) -> dict[str, Any]:
     """What defines a pod on this machine: changing it replaces the pods."""
-    env = dict(compute.env_vars or {})
+    env = {k: os.environ[k] for k in _PASS_THROUGH if k in os.environ}
+    env.update(compute.env_vars or {})
     for secret in compute.secrets:
         env.update(secret.resolve())
     tpl = dict(compute.template_dict())
@@ -59,7 +68,7 @@ def pod_template(compute: Compute) -> dict[str, Any]:
         cpus=compute.cpu_cores,
         memory_bytes=compute.memory_bytes,
         gpus=compute.gpu_count,
-        volumes=[{"name": v.name, "mount_path": v.mount_path} for v in compute.volumes],
+        volumes=[{"name": v.claim_name, "mount_path": v.mount_path} for v in compute.volumes],
     )
     if compute.gpu_count:
         from hotpod.backends.local.backend import machine_gpus
@@ -89,10 +98,17 @@ def deploy(
     t0 = time.perf_counter()
     if not isinstance(compute, Compute):
         raise SpecError(f"compute={compute!r}: expected a hotpod.Compute")
-    if compute.selector and compute.manifest is None and not compute.cpus:
+    if compute.uses_existing_pods:
         raise DeployError(
-            f"Compute(selector={dict(compute.selector)!r}) points at an existing pool of pods, "
-            "which the local backend cannot adopt; describe the pool with cpus=/replicas= instead"
+            f"Compute(selector={dict(compute.selector or {})!r}) points at an existing pool of "
+            "pods, which the local backend cannot adopt yet; drop selector= to let hotpod start "
+            "the pool (e.g. kt.Compute(cpus='1', replicas=2))"
+        )
+    if compute.manifest is not None:
+        log.warning(
+            "hotpod: the local backend does not apply Kubernetes manifests; it starts %d local "
+            "pod(s) with the manifest's replica count and this Compute's env vars instead.",
+            compute.replicas,
         )
     backend = backend or get_backend()
     ref = coderef.resolve(obj)
@@ -135,7 +151,9 @@ def deploy(
         "env": dict(image.env_vars) if image is not None else {},
     }
     client = PodClient.shared(name, service.token)
-    service = wait_ready(backend, client, service, compute.launch_timeout)
+    service = dataclasses.replace(
+        wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
+    )
     results = client.launch(service.pods, spec, timeout=compute.launch_timeout)
     reloaded = sum(1 for r in results if r.get("reloaded"))
     return Deployment(service, client, spec, reloaded, time.perf_counter() - t0)

@@ -25,7 +25,7 @@ from hotpod.errors import SpecError
 STEP_KINDS = ("pip_install", "set_env_vars", "run_bash", "copy", "sync_package")
 
 _IMAGE_ID_EXPECTED = (
-    "an image reference like 'python:3.11' or 'ghcr.io/org/app:1.0' "
+    "an image reference like 'python:3.11' or 'example.com/team/app:1.0' "
     "(non-empty, no whitespace, no URL scheme)"
 )
 _IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$")

@@ -26,7 +26,13 @@ T = TypeVar("T")
 
 def _report(dep: Deployment) -> None:
     n = len(dep.service.pods)
-    change = f"code loaded on {dep.reloaded}" if dep.reloaded else "nothing changed"
+    rollout = dep.service.rollout
+    if rollout in ("created", "replaced"):
+        change = f"pods {rollout}"
+    elif dep.reloaded:
+        change = f"code loaded on {dep.reloaded}"
+    else:
+        change = "scaled" if rollout == "scaled" else "nothing changed"
     print(
         f"hotpod: {dep.service.name!r} ready on {n} pod{'s' if n != 1 else ''} in "
         f"{dep.seconds:.2f} s ({change}; launch {dep.spec['launch_id']})",

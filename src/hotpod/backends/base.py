@@ -47,6 +47,8 @@ class ServiceInfo:
     labels: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     template: dict[str, Any] = field(default_factory=dict)
+    #: what the last apply did: created | replaced | scaled | unchanged ("" when not applied)
+    rollout: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServiceInfo:
@@ -60,6 +62,7 @@ class ServiceInfo:
             labels=d.get("labels") or {},
             meta=d.get("meta") or {},
             template=d.get("template") or {},
+            rollout=d.get("rollout", ""),
         )
 
 

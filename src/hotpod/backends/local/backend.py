@@ -65,12 +65,26 @@ class LocalBackend(Backend):
     def _log_file(self) -> Path:
         return self.settings.home / "logs" / "controller.log"
 
+    def _known(self) -> bool:
+        """True when a controller answers, or one is started because pods may be running.
+
+        A controller that died leaves its registry behind; starting a new one adopts the pods
+        still alive, so listing and teardown never miss them.
+        """
+        if self._ping():
+            return True
+        if not (self.settings.home / "registry.sqlite").exists():
+            return False
+        self.ensure_controller()
+        return True
+
     def ensure_controller(self) -> None:
         """Start the controller of this HOTPOD_HOME unless one is answering."""
         if self._ping():
             return
         home = self.settings.home
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        home.chmod(0o700)  # the controller's socket serves tokens and secrets
         log = self._log_file()
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(home / "controller.spawn.lock", "w") as lock:
@@ -186,17 +200,17 @@ class LocalBackend(Backend):
         return ServiceInfo.from_dict(r.json())
 
     def list(self) -> list[ServiceInfo]:
-        if not self._ping():
+        if not self._known():
             return []
         return [ServiceInfo.from_dict(d) for d in self._request("GET", "/services").json()]
 
     def teardown(self, name: str) -> bool:
-        if not self._ping():
+        if not self._known():
             return False
         return self._request("DELETE", f"/services/{name}").status_code == 200
 
     def teardown_all(self) -> list[str]:
-        if not self._ping():
+        if not self._known():
             return []
         names: list[str] = self._request("DELETE", "/services").json()["deleted"]
         return names

@@ -297,8 +297,16 @@ class Controller:
                 self.services[name] = svc
                 self.pods[name] = []
                 replace = False
+                rollout = "created"
             else:
                 replace = svc["template_hash"] != thash
+                rollout = (
+                    "replaced"
+                    if replace
+                    else "scaled"
+                    if svc["replicas"] != replicas
+                    else "unchanged"
+                )
                 svc.update(
                     replicas=replicas,
                     template=template,
@@ -325,7 +333,7 @@ class Controller:
                 pod = Pod(service=name, rank=rank, name=f"{name}-{rank}", port=port)
                 pods.append(pod)
                 self.start_pod(pod)
-            return self.describe(name)
+            return {**self.describe(name), "rollout": rollout}
 
     async def delete(self, name: str) -> bool:
         async with self.lock:
@@ -410,6 +418,7 @@ def main() -> int:
         _daemonize()
     settings = reload_settings()
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.home.chmod(0o700)
     lock = open(settings.home / "controller.lock", "w")  # noqa: SIM115 (held for life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -421,11 +430,13 @@ def main() -> int:
     ctl = Controller(settings)
     ctl.adopt()
     print(f"controller {os.getpid()} serving {settings.home}", flush=True)
-    config = uvicorn.Config(
-        build_app(ctl), uds=str(sock), log_level="warning", access_log=False, lifespan="on"
-    )
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    sock.chmod(0o600)  # tokens and secrets are served here: its owner only
+    listener.listen(256)
+    config = uvicorn.Config(build_app(ctl), log_level="warning", access_log=False, lifespan="on")
     ctl.server = uvicorn.Server(config)
-    ctl.server.run()
+    ctl.server.run(sockets=[listener])
     sock.unlink(missing_ok=True)
     print("controller stopped", flush=True)
     return 0
