@@ -76,8 +76,8 @@ def pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pod]:
     try:
         yield p
     finally:
-        if state.executor is not None:
-            state.executor.shutdown(wait=True)
+        if state.call_threads is not None:
+            state.call_threads.shutdown()
         sys.path[:] = old_path
         for name in set(sys.modules) - old_modules:
             f = getattr(sys.modules[name], "__file__", None) or ""
@@ -857,8 +857,8 @@ def test_restarted_worker_resumes_the_persisted_launch(pod: Pod) -> None:
     try:
         serve_with_lifespan(app, go)
     finally:
-        if state.executor is not None:
-            state.executor.shutdown(wait=True)
+        if state.call_threads is not None:
+            state.call_threads.shutdown()
 
 
 def test_restart_with_unreadable_launch_file(pod: Pod, capsys: pytest.CaptureFixture) -> None:

@@ -15,7 +15,6 @@ poll. Nothing a client sends can crash the server: every bad request gets a 4xx 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import inspect
 import json
@@ -24,7 +23,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +32,7 @@ from hotpod import wire
 from hotpod.errors import ProtocolError
 from hotpod.runtime import logs
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
+from hotpod.runtime.threads import CallThreads
 from hotpod.store import Store
 
 Scope = dict[str, Any]
@@ -64,7 +63,7 @@ class PodState:
     loaded: Loaded | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     launch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    executor: ThreadPoolExecutor | None = None
+    call_threads: CallThreads | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -75,10 +74,10 @@ class PodState:
     def code_dir(self) -> Path:
         return self.root / ".hotpod" / "code"
 
-    def pool(self) -> ThreadPoolExecutor:
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="hotpod-call")
-        return self.executor
+    def pool(self) -> CallThreads:
+        if self.call_threads is None:
+            self.call_threads = CallThreads(self.threads)
+        return self.call_threads
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -181,8 +180,8 @@ class PodApp:
                 self._resuming = asyncio.get_running_loop().create_task(self._resume())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.state.executor is not None:
-                    self.state.executor.shutdown(wait=False, cancel_futures=True)
+                if self.state.call_threads is not None:
+                    self.state.call_threads.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -445,10 +444,8 @@ class PodApp:
                     return self._error_frames(exc)
                 finally:
                     log.flush()
-            ctx = contextvars.copy_context()
-            return await asyncio.get_running_loop().run_in_executor(
-                st.pool(), ctx.run, self._run_sync, target, args, kwargs, accept, log
-            )
+            result: bytes = await st.pool().run(self._run_sync, target, args, kwargs, accept, log)
+            return result
         finally:
             logs.current_call.reset(token)
 
