@@ -115,3 +115,10 @@ def exit_now(code: int):
     import sys
 
     sys.exit(code)
+
+
+MODE_AT_IMPORT = os.environ.get("MODE_AT_IMPORT")
+
+
+def mode_at_import():
+    return MODE_AT_IMPORT, os.environ.get("HOTPOD_WORLD_SIZE")

@@ -304,3 +304,13 @@ def test_camel_case_class_names_become_dns_labels():
     assert service_name("train_model") == "train-model"
     assert service_name("HTTPServer") == "httpserver"
     assert service_name("_private") == "private"
+
+
+def test_image_env_change_reimports_and_scaling_updates_world_size(hotpod_home):
+    def compute(mode: str, replicas: int) -> kt.Compute:
+        image = kt.Image("python:3.11").set_env_vars({"MODE_AT_IMPORT": mode})
+        return kt.Compute(cpus="0.5", replicas=replicas, image=image)
+
+    assert kt.fn(rc.mode_at_import).to(compute("a", 2))() == [("a", "2")] * 2
+    assert kt.fn(rc.mode_at_import).to(compute("b", 2))() == [("b", "2")] * 2
+    assert kt.fn(rc.mode_at_import).to(compute("b", 3))() == [("b", "3")] * 3

@@ -144,6 +144,7 @@ class PodClient:
         self._suspect: set[str] = set()  # pods whose connection broke: wait for them to be back
 
     def close(self) -> None:
+        self._transport.close()
         self._http.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)

@@ -149,6 +149,7 @@ def deploy(
         "code": ref.spec(manifest, by_value),
         "init": init,
         "env": dict(image.env_vars) if image is not None else {},
+        "world_size": compute.replicas,
     }
     client = PodClient.shared(name, service.token)
     service = dataclasses.replace(

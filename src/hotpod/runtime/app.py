@@ -301,6 +301,9 @@ class PodApp:
 
     async def _launch(self, spec: dict[str, Any]) -> bool:
         st = self.state
+        world = spec.get("world_size")
+        if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
+            os.environ["HOTPOD_WORLD_SIZE"] = str(world)
         async with st.launch_lock:
             current = st.loaded
             if current is not None and current.key == reload_key(spec):

@@ -101,6 +101,14 @@ def _script_module_name(script: str) -> str:
     return f"_hotpod_script_{stem if stem.isidentifier() else 'main'}"
 
 
+def _loaded_script(path: Path) -> Any:
+    """The module of a script already imported from this very file (only init args changed)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == str(path):
+            return module
+    return None
+
+
 def _lookup(obj: Any, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -148,7 +156,9 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
     old_env = dict(os.environ)
     before = set(sys.modules)
     purged: dict[str, Any] = {}
-    if previous is not None and previous.snapshot != snapshot:
+    if previous is not None and (
+        previous.snapshot != snapshot or previous.spec.get("env") != spec.get("env")
+    ):  # new code, or env the code may read at import: import afresh (init alone: no need)
         purged = _purge(previous)
     paths = (
         [str(snapshot / p) if p else str(snapshot) for p in code.get("paths", [""])]
@@ -172,13 +182,15 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
         elif code.get("script"):
             assert snapshot is not None
             path = snapshot / code["script"]
-            name = _script_module_name(code["script"])
-            mod_spec = importlib.util.spec_from_file_location(name, path)
-            if mod_spec is None or mod_spec.loader is None:
-                raise ImportError(f"cannot import {code['script']} from the code snapshot")
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[name] = module
-            mod_spec.loader.exec_module(module)
+            module = _loaded_script(path)
+            if module is None:
+                name = _script_module_name(code["script"])
+                mod_spec = importlib.util.spec_from_file_location(name, path)
+                if mod_spec is None or mod_spec.loader is None:
+                    raise ImportError(f"cannot import {code['script']} from the code snapshot")
+                module = importlib.util.module_from_spec(mod_spec)
+                sys.modules[name] = module
+                mod_spec.loader.exec_module(module)
             obj = _lookup(module, code["qualname"])
         else:
             module = importlib.import_module(code["module"])
