@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -30,23 +31,24 @@ def test_errors_share_one_root():
             assert issubclass(obj, hotpod.HotpodError), name
 
 
+HEAVY = ("httpx", "uvicorn", "starlette", "cloudpickle", "psutil")
+
+
+def heavy_modules_after(code: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Which heavy modules a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint([m for m in {HEAVY + extra!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout)
+
+
 def test_import_is_lazy():
-    code = (
-        "import sys, hotpod\n"
-        "heavy = [m for m in ('httpx', 'uvicorn', 'starlette', 'cloudpickle', 'psutil', "
-        "'hotpod.module', 'hotpod.compute') if m in sys.modules]\n"
-        "print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert heavy_modules_after("import hotpod", ("hotpod.module", "hotpod.compute")) == []
 
 
 def test_specs_import_nothing_heavy():
     code = (
-        "import sys, hotpod as kt\n"
+        "import hotpod as kt\n"
         "kt.Compute(cpus='1', image=kt.Image('python:3.11'), secrets=[kt.Secret('a', 'A')],"
-        " volumes=[kt.Volume('v', '/v')])\n"
-        "print([m for m in ('httpx', 'uvicorn', 'starlette', 'cloudpickle') if m in sys.modules])"
+        " volumes=[kt.Volume('v', '/v')])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert heavy_modules_after(code) == []

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotpod import coderef, codesync
+from hotpod._files import tail
 from hotpod.backends import Backend, Plan, ServiceInfo, get_backend
 from hotpod.client import PodClient
 from hotpod.compute import Compute
@@ -183,7 +184,7 @@ def wait_ready(
                 if p.restarts - restarts0.get(p.name, 0) >= 3:
                     raise DeployError(
                         f"pod {p.name} of {service.name!r} keeps crashing ({p.restarts} restarts, "
-                        f"last exit code {p.last_exit}). Its log ends with:\n{_log_tail(p.log_path)}"
+                        f"last exit code {p.last_exit}). Its log ends with:\n{tail(p.log_path)}"
                     )
             next_check = now + 1.0
         if now > next_report:
@@ -204,13 +205,3 @@ def wait_ready(
             )
         time.sleep(0.02)
     return service
-
-
-def _log_tail(path: str | None, lines: int = 15) -> str:
-    if not path:
-        return "(no log)"
-    try:
-        with open(path, errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:]).rstrip()
-    except OSError:
-        return "(no log)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from hotpod._files import tail
 from hotpod.backends.base import Backend, Plan, ServiceInfo
 from hotpod.config import Settings
 from hotpod.errors import HotpodError, ResourceUnavailableError, ServiceNotFoundError
@@ -111,7 +112,7 @@ class LocalBackend(Backend):
                 time.sleep(0.02)
         raise HotpodError(
             f"the local controller did not start within {CONTROLLER_START_TIMEOUT:.0f} s. "
-            f"Its log ({log}) ends with:\n{_tail(log)}"
+            f"Its log ({log}) ends with:\n{tail(log, 20)}"
         )
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -229,13 +230,6 @@ class LocalBackend(Backend):
                 f"no logs for service {name!r}; 'hotpod list' shows services"
             )
         yield from _read_logs(files, follow, tail)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _read_logs(files: list[Path], follow: bool, tail: int | None) -> Iterator[tuple[str, str]]:
