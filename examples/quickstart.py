@@ -1,7 +1,7 @@
 """hotpod quick start: deploy a function on 2 replicas and a class, call them, watch the logs.
 
-    python examples/quickstart.py          # deploy, call, tear down
-    python examples/quickstart.py --keep   # leave the services running for `hotpod list/logs/call`
+python examples/quickstart.py          # deploy, call, tear down
+python examples/quickstart.py --keep   # leave the services running for `hotpod list/logs/call`
 """
 
 from __future__ import annotations
