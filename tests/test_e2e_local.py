@@ -314,3 +314,16 @@ def test_image_env_change_reimports_and_scaling_updates_world_size(hotpod_home):
     assert kt.fn(rc.mode_at_import).to(compute("a", 2))() == [("a", "2")] * 2
     assert kt.fn(rc.mode_at_import).to(compute("b", 2))() == [("b", "2")] * 2
     assert kt.fn(rc.mode_at_import).to(compute("b", 3))() == [("b", "3")] * 3
+
+
+def test_class_defined_interactively_travels_by_value(hotpod_home):
+    class Tally:  # defined in a function: not importable by name, sent with cloudpickle
+        def __init__(self, start):
+            self.n = start
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    remote = kt.cls(Tally).to(HALF, init_args=[10])
+    assert remote.add(1) == 11 and remote.add(2) == 13

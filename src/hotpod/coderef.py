@@ -98,7 +98,7 @@ def _installed(file: Path) -> bool:
 def resolve(obj: Any) -> CodeRef:
     """Find how a pod can load ``obj`` (a function or class)."""
     module_name = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
+    qualname = str(getattr(obj, "__qualname__", None) or getattr(obj, "__name__", ""))
     module = sys.modules.get(module_name or "")
     file = _source_file(obj)
     importable = module is not None and _importable(module, qualname, obj)

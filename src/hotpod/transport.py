@@ -14,7 +14,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httptools
@@ -56,7 +56,7 @@ class _Conn:
 class Response:
     """A response being read; ``chunks()`` yields body bytes as they arrive."""
 
-    def __init__(self, conn: _Conn, release: callable) -> None:  # type: ignore[valid-type]
+    def __init__(self, conn: _Conn, release: Callable[[_Conn], None]) -> None:
         self._conn = conn
         self._release = release
         self._parser = httptools.HttpResponseParser(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +96,7 @@ class Backend(abc.ABC):
         """Delete the service and its pods; False if there was none."""
 
     @abc.abstractmethod
-    def teardown_all(self) -> list[str]:
+    def teardown_all(self) -> builtins.list[str]:
         """Delete every service; returns their names."""
 
     @abc.abstractmethod

@@ -413,7 +413,7 @@ class PodApp:
                     await send(
                         {
                             "type": "http.response.body",
-                            "body": b"".join(chunk),
+                            "body": b"".join(chunk),  # type: ignore[arg-type]
                             "more_body": not finished,
                         }
                     )  # type: ignore[arg-type]

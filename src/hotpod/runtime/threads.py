@@ -34,6 +34,7 @@ class CallThreads:
             if item is _STOP:
                 return
             loop, future, ctx, fn, args = item
+            done: Callable[[asyncio.Future[Any], Any], None]
             try:
                 result = ctx.run(fn, *args)
             except BaseException as exc:

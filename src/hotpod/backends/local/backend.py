@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import os
 import shutil
@@ -210,7 +211,7 @@ class LocalBackend(Backend):
             return False
         return self._request("DELETE", f"/services/{name}").status_code == 200
 
-    def teardown_all(self) -> list[str]:
+    def teardown_all(self) -> builtins.list[str]:
         if not self._known():
             return []
         names: list[str] = self._request("DELETE", "/services").json()["deleted"]
