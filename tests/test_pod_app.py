@@ -781,6 +781,8 @@ def test_malformed_launch_spec_is_400(pod: Pod, body: bytes) -> None:
         ({"env": 5}, "'env' must be an object"),
         ({"code": {"paths": 5}}, "'code.paths' must be a list of strings"),
         ({"code": {"paths": ["", " ", 5]}}, "'code.paths' must be a list of strings"),
+        ({"code": {"paths": ["../../.."]}}, "leaves the code snapshot"),
+        ({"code": {"paths": ["/etc"]}}, "leaves the code snapshot"),
         ({"code": {"manifest": 5}}, "'code.manifest' must be a string or null"),
         ({"code": {"module": ["x"]}}, "'code.module' must be a string or null"),
         ({"code": {"module": None}}, "names no 'module', 'script' or 'by_value'"),

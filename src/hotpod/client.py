@@ -325,6 +325,12 @@ class PodClient:
             )
         if status == 503:
             return CallError(f"pod {pod.name} is not ready: {message}")
+        if status >= 500:
+            return CallError(
+                f"pod {pod.name} could not finish the call ({status}: {message}); it may have "
+                f"been stopping (teardown or redeploy). See 'hotpod logs {self.service} --pod "
+                f"{pod.name}'."
+            )
         return CallError(f"pod {pod.name} answered {status}: {message}")
 
     # -- deploy -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 from hotpod.errors import ProtocolError
@@ -60,19 +59,22 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        """Buffer ``chunk``; return the frames now complete, in order."""
         self._buf += chunk
         buf = self._buf
+        frames = []
         pos = 0
         while len(buf) - pos >= HEAD_SIZE:
             kind, size = _HEAD.unpack_from(buf, pos)
             end = pos + HEAD_SIZE + size
             if len(buf) < end:
                 break
-            yield kind, bytes(buf[pos + HEAD_SIZE : end])
+            frames.append((kind, bytes(buf[pos + HEAD_SIZE : end])))
             pos = end
         if pos:
             del buf[:pos]
+        return frames
 
     @property
     def pending(self) -> int:

@@ -147,6 +147,9 @@ def _check_spec(spec: Any) -> None:
     paths = code.get("paths", [""])
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise ValueError("'code.paths' must be a list of strings")
+    for p in paths:
+        if p.startswith("/") or ".." in p.split("/"):
+            raise ValueError(f"'code.paths' entry {p!r} leaves the code snapshot")
     if not isinstance(spec.get("init"), (str, type(None))):
         raise ValueError("'init' must be a string (a blob digest) or null")
     env = spec.get("env") or {}
