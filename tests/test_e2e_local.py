@@ -229,6 +229,42 @@ def test_teardown_all_leaves_no_process(tmp_path):
     while hotpod_processes(home) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hotpod_processes(home) == []
+    listed = subprocess.run(
+        [sys.executable, "-m", "hotpod.cli", "list"], env=env, capture_output=True, text=True
+    )
+    assert "No services" in listed.stdout
+    assert hotpod_processes(home) == []  # listing nothing started no controller
+
+
+def test_a_dead_controller_is_replaced_and_adopts_live_pods(tmp_path):
+    env = {**os.environ, "HOTPOD_HOME": str(tmp_path / "home")}
+    home = tmp_path / "home"
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "hotpod.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    code = "import hotpod as kt, remote_code as rc; kt.fn(rc.pid).to(kt.Compute(cpus='0.5'))"
+    subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=Path(__file__).parent, check=True, timeout=60
+    )
+    (controller,) = [p for p in hotpod_processes(home) if "controller" in " ".join(p.cmdline())]
+    pod_pids = {p.pid for p in hotpod_processes(home)} - {controller.pid}
+    controller.kill()
+    controller.wait(5)
+    assert "pid" in cli("list")  # a new controller answers, with the service
+    assert pod_pids <= {p.pid for p in hotpod_processes(home)}  # the same pods, adopted
+    assert "deleted pid" in cli("teardown", "--all")
+    deadline = time.monotonic() + 5
+    while hotpod_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hotpod_processes(home) == []
 
 
 def test_logs_stream_live_and_include_logging(hotpod_home, monkeypatch):

@@ -2,7 +2,8 @@
 
 One keep-alive connection pool per handle; a call to one pod runs in the caller's thread, a
 broadcast runs one thread per pod. Log lines the pods stream back are printed as they arrive,
-each prefixed with its pod's name. Errors of httpx are translated here, at the boundary.
+each prefixed with its pod's name. Transport errors are translated here, at the boundary, into
+hotpod's own (``PodUnreachableError``, ``CallTimeoutError``...).
 """
 
 from __future__ import annotations

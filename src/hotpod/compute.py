@@ -5,9 +5,10 @@ Three ways to describe the pool:
 - resources (``Compute(cpus="4", gpus="1", memory="16Gi", replicas=3, image=...)``): hotpod
   creates the pods (a Deployment and a Service on Kubernetes, processes locally);
 - ``Compute(selector={"app": "my-training-jobset"})``: pods that already exist and carry those
-  labels; resources may be left out;
+  labels; resources may be left out (a cluster backend's case: the local backend refuses it);
 - ``Compute.from_manifest(manifest, selector=..., endpoint=...)``: a workload you bring (a
-  Deployment, a Kubeflow PyTorchJob, a JobSet...), applied as given.
+  Deployment, a Kubeflow PyTorchJob, a JobSet...), applied as given on a cluster (the local
+  backend only takes its replica count).
 
 ``template_dict()`` is everything that defines the pod template, so a change in it means the
 pods must be replaced, while a change of ``replicas`` only scales.

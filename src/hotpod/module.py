@@ -29,10 +29,12 @@ def _report(dep: Deployment) -> None:
     rollout = dep.service.rollout
     if rollout in ("created", "replaced"):
         change = f"pods {rollout}"
+    elif rollout == "scaled":
+        change = f"scaled; code loaded on {dep.reloaded} new" if dep.reloaded else "scaled"
     elif dep.reloaded:
         change = f"code loaded on {dep.reloaded}"
     else:
-        change = "scaled" if rollout == "scaled" else "nothing changed"
+        change = "nothing changed"
     print(
         f"hotpod: {dep.service.name!r} ready on {n} pod{'s' if n != 1 else ''} in "
         f"{dep.seconds:.2f} s ({change}; launch {dep.spec['launch_id']})",

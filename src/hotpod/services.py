@@ -11,6 +11,7 @@ from typing import Any
 
 from hotpod.backends import ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
+from hotpod.config import settings
 from hotpod.module import RemoteCls, RemoteFn
 
 
@@ -74,8 +75,12 @@ def logs(
 def teardown(name: str | None = None, *, all: bool = False) -> list[str]:
     """Delete one service (``name``) or every service (``all=True``); returns what was deleted.
 
-    ``all=True`` also stops the local controller, so no hotpod process is left running.
+    ``all=True`` also stops the local controller, so no hotpod process is left running. On a pod
+    this does nothing (like ``.to()``, so that a module that tears down at import time is safe to
+    import there) and returns ``[]``.
     """
+    if settings().in_pod:
+        return []
     backend = get_backend()
     if all:
         names = backend.teardown_all()

@@ -8,7 +8,7 @@ Endpoints::
     POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
     GET  /_hotpod/info      what the pod serves
 
-Sync user code runs in a thread pool, async user code on the event loop; the call path does not
+Sync user code runs on call threads (``threads``), async user code on the event loop; the call path does not
 poll. Nothing a client sends can crash the server: every bad request gets a 4xx with a message.
 """
 

@@ -6,7 +6,7 @@ A launch spec (JSON, built by the client's deploy flow) says which code to load:
      "code": {"manifest": "<id>" | None, "paths": ["", "src"], "module": "pkg.mod" | None,
               "script": "train.py" | None, "qualname": "train", "by_value": "<digest>" | None},
      "init": "<digest of pickled (args, kwargs)>" | None,
-     "env": {"NAME": "value"}}
+     "env": {"NAME": "value"}, "world_size": 2}
 
 Loading materializes the code snapshot from the store, puts it on ``sys.path``, imports the module
 (or the script, under a name other than ``__main__``, or unpickles the by-value object), and for a

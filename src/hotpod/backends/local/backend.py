@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import fcntl
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -75,7 +77,7 @@ class LocalBackend(Backend):
         """
         if self._ping():
             return True
-        if not (self.settings.home / "registry.sqlite").exists():
+        if not _registry_has_services(self.settings.home / "registry.sqlite"):
             return False
         self.ensure_controller()
         return True
@@ -231,6 +233,17 @@ class LocalBackend(Backend):
                 f"no logs for service {name!r}; 'hotpod list' shows services"
             )
         yield from _read_logs(files, follow, tail)
+
+
+def _registry_has_services(path: Path) -> bool:
+    """Whether a registry left by a controller lists any service (read only, no controller)."""
+    if not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM services").fetchone()[0] > 0
+    except sqlite3.Error:
+        return True  # unreadable: let a controller look
 
 
 def _read_logs(files: list[Path], follow: bool, tail: int | None) -> Iterator[tuple[str, str]]:
