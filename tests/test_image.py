@@ -190,3 +190,44 @@ def test_repr_is_readable_and_hides_env_values() -> None:
     assert "hf_abc123" not in repr(secret)
     assert "hf_abc123" not in str(secret.steps[0])
     assert repr(Image()) == "Image()"
+
+
+def test_workdir() -> None:
+    image = Image().workdir("/app").workdir(Path("sub"))
+    assert [s.kind for s in image.steps] == ["workdir", "workdir"]
+    assert image.steps[0].args == {"path": "/app"}
+    assert image.steps[1].args == {"path": "sub"}
+    assert str(image.steps[0]) == "workdir /app"
+    with pytest.raises(SpecError, match=r"^path='': expected a non-empty directory path"):
+        Image().workdir("")
+    assert (
+        ImageStep.from_dict({"kind": "workdir", "path": "/srv"}) == Image().workdir("/srv").steps[0]
+    )
+
+
+def test_not_live_steps_round_trip_and_report() -> None:
+    data = {
+        "image_id": "python:3.11",
+        "name": None,
+        "steps": [
+            {"kind": "run_bash", "commands": ["true"]},
+            {"kind": "dockerfile", "instruction": 'CMD ["app"]', "reason": "CMD only sets..."},
+            {"kind": "dockerfile", "instruction": "ENV A=secret B=2", "reason": "r"},
+        ],
+    }
+    image = Image.from_dict(data)
+    assert image.to_dict() == data
+    assert [s.args["instruction"] for s in image.not_live] == ['CMD ["app"]', "ENV A=secret B=2"]
+    assert str(image.not_live[0]) == 'dockerfile CMD ["app"] (not live)'
+    assert str(image.not_live[1]) == "dockerfile ENV A B (not live)"  # values may be secrets
+    assert "secret" not in repr(image)
+    assert Image().run_bash("true").not_live == ()
+    with pytest.raises(SpecError, match=r"^reason='': expected a non-empty string"):
+        ImageStep.from_dict({"kind": "dockerfile", "instruction": "CMD x", "reason": ""})
+
+
+def test_long_not_live_instruction_is_shortened() -> None:
+    step = ImageStep.from_dict(
+        {"kind": "dockerfile", "instruction": "LABEL a=1 \\\n      b=2", "reason": "metadata"}
+    )
+    assert str(step) == "dockerfile LABEL a=1... (not live)"

@@ -7,7 +7,8 @@ left unchanged, so an Image can be shared and extended freely::
     dev = base.set_env_vars({"MODE": "dev"})      # base still has one step
 
 Nothing here touches the file system: ``copy`` and ``sync_package`` store paths as given, and
-the deploy flow resolves them.
+the deploy flow resolves them. Two conversions do I/O and live in :mod:`hotpod.dockerfile`:
+:meth:`Image.from_dockerfile` reads a Dockerfile, :meth:`Image.to_dockerfile` compiles one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from hotpod._quantity import FrozenMap, check_env_map, short_repr, spec_error
 from hotpod.errors import SpecError
 
 #: The step kinds, in the order the methods are documented.
-STEP_KINDS = ("pip_install", "set_env_vars", "run_bash", "copy", "sync_package")
+STEP_KINDS = (
+    "pip_install",
+    "set_env_vars",
+    "run_bash",
+    "copy",
+    "sync_package",
+    "workdir",
+    "dockerfile",
+)
+
+# The Image method that builds each kind of step, where it is not the kind's own name.
+_BUILDERS = {"dockerfile": "_dockerfile_step"}
 
 _IMAGE_ID_EXPECTED = (
     "an image reference like 'python:3.11' or 'example.com/team/app:1.0' "
@@ -52,7 +64,14 @@ class ImageStep:
     run_bash        ``commands``: tuple of str (one shell command each)
     copy            ``local_path``: str (as given), ``container_path``: str
     sync_package    ``package``: str (an importable name or a path, as given)
+    workdir         ``path``: str (the working directory of later steps and the code)
+    dockerfile      ``instruction``: str (Dockerfile text), ``reason``: str
     ==============  ==========================================================
+
+    A ``dockerfile`` step holds an instruction of a Dockerfile read by
+    :meth:`Image.from_dockerfile` that cannot be applied to a running pod (``CMD``, ``EXPOSE``,
+    a second build stage...): it is kept so that nothing is dropped, compiled back verbatim by
+    :meth:`Image.to_dockerfile`, and reported (with ``reason``) instead of run on pods.
 
     Build steps with the methods of :class:`Image`; ``ImageStep.from_dict`` validates.
     """
@@ -67,11 +86,13 @@ class ImageStep:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageStep:
         """The step ``to_dict`` describes, validated as the Image method would."""
-        if not isinstance(data, Mapping) or data.get("kind") not in STEP_KINDS:
+        kind = data.get("kind") if isinstance(data, Mapping) else None
+        if not isinstance(kind, str) or kind not in STEP_KINDS:
             raise spec_error("step", data, f"a dict with 'kind' one of {', '.join(STEP_KINDS)}")
         args = {k: v for k, v in data.items() if k != "kind"}
         try:
-            image: Image = getattr(Image(), data["kind"])(**args)
+            builder = getattr(Image(), _BUILDERS.get(kind, kind))
+            image: Image = builder(**args)
         except TypeError as exc:
             raise SpecError(f"step={short_repr(data)}: {exc}") from exc
         return image.steps[0]
@@ -86,7 +107,25 @@ class ImageStep:
             return "run_bash " + "; ".join(a["commands"])
         if self.kind == "copy":
             return f"copy {a['local_path']} -> {a['container_path']}"
+        if self.kind == "dockerfile":
+            return f"dockerfile {_instruction_summary(a['instruction'])} (not live)"
         return f"{self.kind} " + " ".join(str(v) for v in a.values())
+
+
+def _instruction_summary(instruction: str, limit: int = 60) -> str:
+    """The first line of a Dockerfile instruction, shortened; for ``ENV``, the names only."""
+    text = instruction.strip()
+    keyword, _, rest = text.partition(" ")
+    if keyword.upper() == "ENV":  # values may be secrets
+        words = rest.replace("\\\n", " ").split()
+        if words and "=" not in words[0]:  # legacy form: ENV NAME value
+            names = words[:1]
+        else:
+            names = [w.partition("=")[0] for w in words if "=" in w]
+        return " ".join([keyword, *names])
+    first = text.splitlines()[0].rstrip(" \\")
+    more = "..." if len(first) > limit or "\n" in text else ""
+    return first[:limit] + more
 
 
 def _path_arg(value: object, arg: str, expected: str) -> str:
@@ -180,8 +219,12 @@ class Image:
     def copy(self, local_path: str | os.PathLike[str], container_path: str) -> Image:
         """Sync a local file or directory to ``container_path`` in the container.
 
-        ``local_path`` is kept as written (relative paths are resolved at deploy time, against
-        the project root); ``container_path`` may be absolute or relative to the working dir.
+        ``local_path`` is kept as written (relative paths are resolved when the image is used,
+        against the working directory); ``container_path`` may be absolute or relative to the
+        image's working directory (see :meth:`workdir`).
+        As with a Dockerfile's ``COPY``, a directory's contents go to ``container_path``, and a
+        file goes to ``container_path`` or, when that ends with ``/`` (or is an existing
+        directory), into it under its own name (``copy("a.txt", "/app/")`` gives ``/app/a.txt``).
         """
         local = _path_arg(local_path, "local_path", "a non-empty path like './configs'")
         remote = _path_arg(
@@ -194,7 +237,58 @@ class Image:
         pkg = _path_arg(package, "package", "a package name like 'mylib' or a path like './mylib'")
         return self._with("sync_package", package=pkg)
 
+    def workdir(self, path: str | os.PathLike[str]) -> Image:
+        """Set the working directory of later steps and of the code, like ``WORKDIR``.
+
+        A relative ``path`` is relative to the previous working directory.
+        """
+        where = _path_arg(path, "path", "a non-empty directory path like '/app'")
+        return self._with("workdir", path=where)
+
+    def _dockerfile_step(self, instruction: str, reason: str) -> Image:
+        """A Dockerfile instruction kept as text because it cannot be applied to a live pod."""
+        for arg, value in (("instruction", instruction), ("reason", reason)):
+            if not isinstance(value, str) or not value.strip():
+                raise spec_error(arg, value, "a non-empty string")
+        return self._with("dockerfile", instruction=instruction.strip(), reason=reason.strip())
+
+    # -- Dockerfiles ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dockerfile(
+        cls, path: str | os.PathLike[str], *, context: str | os.PathLike[str] | None = None
+    ) -> Image:
+        """The Image a Dockerfile describes, for live application instead of ``docker build``.
+
+        ``FROM`` gives ``image_id``; ``RUN``, ``ENV``, ``COPY``/``ADD`` of local files and
+        ``WORKDIR`` become steps; ``ARG`` values are substituted. Instructions that cannot be
+        applied to a running pod (``CMD``, ``EXPOSE``, later build stages, ``ADD`` of a URL...)
+        become ``dockerfile`` steps, listed by :attr:`not_live` with the reason. ``COPY`` sources
+        are resolved against ``context`` (default: the Dockerfile's directory) and stored as
+        absolute paths. Raises :class:`~hotpod.errors.SpecError` naming the line at fault.
+        """
+        from hotpod.dockerfile import parse_dockerfile
+
+        return parse_dockerfile(path, context=context)
+
+    def to_dockerfile(self, context_dir: str | os.PathLike[str] | None = None) -> str:
+        """This image as a standard Dockerfile.
+
+        With ``context_dir``, the local files the steps need (copies, packages, local pip
+        requirements) are staged there too, so that ``docker build context_dir`` builds an
+        equivalent image (:func:`hotpod.dockerfile.write_build_context` also writes the
+        Dockerfile). Without it, only the text is produced.
+        """
+        from hotpod.dockerfile import compile_dockerfile
+
+        return compile_dockerfile(self, context_dir)
+
     # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def not_live(self) -> tuple[ImageStep, ...]:
+        """The ``dockerfile`` steps: instructions that pods skip and report, with the reason."""
+        return tuple(step for step in self.steps if step.kind == "dockerfile")
 
     @property
     def env_vars(self) -> dict[str, str]:
