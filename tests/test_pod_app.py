@@ -608,7 +608,7 @@ def test_relaunch_keeps_or_rebuilds_the_instance(pod: Pod) -> None:
     pod.run(go)
     persisted = json.loads(pod.state.launch_file.read_text())
     assert persisted["launch_id"] == "c"
-    assert sys.path.count(str(pod.state.code_dir / mid)) == 1  # relaunches do not stack paths
+    assert sys.path.count(str(pod.state.code_dir / "current")) == 1  # relaunches do not stack
 
 
 def test_failed_init_keeps_previous(pod: Pod) -> None:

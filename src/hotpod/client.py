@@ -34,6 +34,7 @@ from hotpod.errors import (
     RemoteError,
     RemoteTraceback,
 )
+from hotpod.progress import Progress
 
 CONNECT_TIMEOUT = 5.0
 #: how long a call keeps retrying a pod that refuses connections (it is restarting)
@@ -344,34 +345,80 @@ class PodClient:
         except (httpx.HTTPError, ValueError):
             return None
 
-    def launch(self, pods: Sequence[PodInfo], spec: dict[str, Any], timeout: float) -> list[dict]:
-        """Push a launch spec to every pod; raise DeployError naming the pods that failed."""
+    def launch(
+        self,
+        pods: Sequence[PodInfo],
+        spec: dict[str, Any],
+        timeout: float,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        """Push a launch spec to every pod, showing their setup progress; wait for pods that
+        restart their worker. Raise DeployError naming the pods that failed and why."""
+        body = json.dumps(spec).encode()
+        headers = {
+            **self._headers,
+            "Content-Type": wire.CT_JSON,
+            wire.HEADER_STREAM_LOGS: "1",
+        }
 
         def one(pod: PodInfo) -> dict[str, Any]:
+            pid = (self.health(pod) or {}).get("pid")
             try:
-                r = self._http.post(f"{pod.url}/_hotpod/launch", json=spec, timeout=timeout)
-            except httpx.HTTPError as exc:
-                return {"pod": pod.name, "error": f"{type(exc).__name__}: {exc}", "traceback": ""}
-            try:
-                data: dict[str, Any] = r.json()
-            except ValueError:
-                data = {"error": r.text}
-            if r.status_code != 200:
-                data.setdefault("error", f"HTTP {r.status_code}")
-            data.setdefault("pod", pod.name)
-            return data
+                resp = self._transport.request(pod.url, "/_hotpod/launch", body, headers, timeout)
+                if resp.status != 200:
+                    text = resp.read().decode("utf-8", "replace")
+                    return {"pod": pod.name, "error": f"HTTP {resp.status}: {text}"}
+                result: dict[str, Any] = {"pod": pod.name, "error": "no answer"}
+                decoder = wire.FrameDecoder()
+                for chunk in resp.chunks():
+                    for kind, payload in decoder.feed(chunk):
+                        if kind == wire.FRAME_LOG and progress is not None:
+                            progress.line(pod.name, payload.decode("utf-8", "replace"))
+                        elif kind == wire.FRAME_JSON:
+                            result = json.loads(payload)
+                        elif kind == wire.FRAME_ERROR:
+                            result = json.loads(payload)
+                            result["error"] = result.pop("message", "failed")
+            except (transport.Unreachable, transport.Broken, transport.TimedOut) as exc:
+                return {"pod": pod.name, "error": f"{type(exc).__name__}: {exc}"}
+            if result.get("restarting") and "error" not in result:
+                if progress is not None:
+                    progress.line(pod.name, "restarting the worker for changed packages")
+                error = self._await_successor(pod, pid, spec["launch_id"], timeout)
+                if error:
+                    result["error"] = error
+            if progress is not None and "error" not in result:
+                progress.done(pod.name, "ready")
+            return result
 
         results = list(self.executor(len(pods)).map(one, pods))
         failed = [r for r in results if "error" in r]
         if failed:
             first = failed[0]
+            detail = ""
+            if first.get("tail"):
+                detail = f"\n\nOutput of the step on {first['pod']} (last lines):\n{first['tail']}"
+            elif first.get("traceback"):
+                detail = f"\n\nTraceback on {first['pod']}:\n{first['traceback']}"
+            what = "setup failed" if first.get("phase") == "setup" else "could not load the code"
             raise DeployError(
-                f"{len(failed)} of {len(pods)} pods of {self.service!r} could not load the code "
-                f"({', '.join(r['pod'] for r in failed)}): {first['error']}\n"
-                + (
-                    f"\nTraceback on {first['pod']}:\n{first['traceback']}"
-                    if first.get("traceback")
-                    else ""
-                )
+                f"{len(failed)} of {len(pods)} pods of {self.service!r}: {what} "
+                f"({', '.join(r['pod'] for r in failed)}): {first['error']}{detail}\n"
+                "The pods keep serving the previous version."
             )
         return results
+
+    def _await_successor(
+        self, pod: PodInfo, old_pid: int | None, launch_id: str, timeout: float
+    ) -> str | None:
+        """Wait for a pod's new worker to serve ``launch_id``; an error message if it does not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health(pod) or {}
+            if health.get("launch_id") == launch_id and health.get("pid") != old_pid:
+                return None
+            time.sleep(0.05)
+        return (
+            f"the pod's new worker did not serve launch {launch_id} within {timeout:g} s; "
+            f"see 'hotpod logs {self.service} --pod {pod.name}'"
+        )

@@ -22,6 +22,8 @@ from hotpod.backends import Backend, Plan, ServiceInfo, get_backend
 from hotpod.client import PodClient
 from hotpod.compute import Compute
 from hotpod.errors import DeployError, SpecError
+from hotpod.imagesync import prepare_steps
+from hotpod.progress import Progress
 
 log = logging.getLogger("hotpod")
 
@@ -85,6 +87,8 @@ class Deployment:
     spec: dict[str, Any]
     reloaded: int
     seconds: float
+    steps_run: int = 0  # setup steps that ran (on the pod that ran most)
+    sync: codesync.SyncResult | None = None  # what the code sync found and sent
 
 
 def deploy(
@@ -114,7 +118,8 @@ def deploy(
     backend = backend or get_backend()
     ref = coderef.resolve(obj)
     store = backend.store()
-    manifest = codesync.sync(ref.root, store).manifest_id if ref.root is not None else None
+    synced = codesync.sync(ref.root, store) if ref.root is not None else None
+    manifest = synced.manifest_id if synced is not None else None
     by_value = store.put_bytes(ref.by_value) if ref.by_value is not None else None
     init = None
     if init_args is not None:
@@ -122,14 +127,7 @@ def deploy(
 
         init = store.put_bytes(cloudpickle.dumps(init_args, protocol=5))
     image = compute.image
-    if image is not None:
-        pending = [str(s) for s in image.steps if s.kind != "set_env_vars"]
-        if pending:
-            log.warning(
-                "hotpod: Image steps %s are recorded but not run on the local backend yet; pods "
-                "use this machine's Python environment.",
-                "; ".join(pending),
-            )
+    image_spec = prepare_steps(image, store)
     plan = Plan(
         name=name,
         replicas=compute.replicas,
@@ -151,14 +149,22 @@ def deploy(
         "init": init,
         "env": dict(image.env_vars) if image is not None else {},
         "world_size": compute.replicas,
+        "image": image_spec,
     }
     client = PodClient.shared(name, service.token)
     service = dataclasses.replace(
         wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
     )
-    results = client.launch(service.pods, spec, timeout=compute.launch_timeout)
+    progress = Progress(name, [p.name for p in service.pods])
+    try:
+        results = client.launch(service.pods, spec, compute.launch_timeout, progress)
+    finally:
+        progress.close()
+    for note in sorted({n for r in results for n in r.get("reported", [])}):
+        log.warning("hotpod: %s: %s", name, note)
     reloaded = sum(1 for r in results if r.get("reloaded"))
-    return Deployment(service, client, spec, reloaded, time.perf_counter() - t0)
+    ran = max((len(r.get("ran", [])) for r in results), default=0)
+    return Deployment(service, client, spec, reloaded, time.perf_counter() - t0, ran, synced)
 
 
 def wait_ready(

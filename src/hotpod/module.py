@@ -35,6 +35,8 @@ def _report(dep: Deployment) -> None:
         change = f"code loaded on {dep.reloaded}"
     else:
         change = "nothing changed"
+    if dep.steps_run:
+        change += f"; {dep.steps_run} setup step{'s' if dep.steps_run != 1 else ''} ran"
     print(
         f"hotpod: {dep.service.name!r} ready on {n} pod{'s' if n != 1 else ''} in "
         f"{dep.seconds:.2f} s ({change}; launch {dep.spec['launch_id']})",

@@ -32,6 +32,7 @@ from hotpod import wire
 from hotpod.errors import ProtocolError
 from hotpod.runtime import logs
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
+from hotpod.runtime.setup import Setup, SetupError
 from hotpod.runtime.threads import CallThreads
 from hotpod.store import Store
 
@@ -65,6 +66,8 @@ class PodState:
     launch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     call_threads: CallThreads | None = None
     started: float = field(default_factory=time.time)
+    venv: Path | None = None  # the service's virtual environment for pip steps
+    request_restart: Callable[[], None] | None = None  # ask the supervisor for a new worker
 
     @property
     def launch_file(self) -> Path:
@@ -160,9 +163,10 @@ def _check_spec(spec: Any) -> None:
 class PodApp:
     """The ASGI application of one pod."""
 
-    def __init__(self, state: PodState) -> None:
+    def __init__(self, state: PodState, on_ready: Callable[[bool], None] | None = None) -> None:
         self.state = state
-        self._resuming: asyncio.Task[None] | None = None  # resuming the persisted launch
+        self._resuming: asyncio.Task[bool] | None = None  # resuming the persisted launch
+        self._on_ready = on_ready  # told once the persisted launch is loaded (or failed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -181,6 +185,8 @@ class PodApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._resuming = asyncio.get_running_loop().create_task(self._resume())
+                if self._on_ready is not None:
+                    self._resuming.add_done_callback(self._report_ready)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.state.call_threads is not None:
@@ -188,21 +194,33 @@ class PodApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _resume(self) -> None:
-        """After a restart, load the launch the pod last served."""
+    def _report_ready(self, task: asyncio.Task[bool]) -> None:
+        ok = not task.cancelled() and task.exception() is None and task.result()
+        if self._on_ready is not None:
+            self._on_ready(ok)
+
+    async def _resume(self) -> bool:
+        """After a (re)start, load the launch the pod last served. False if that failed."""
         st = self.state
         try:
             spec = json.loads(st.launch_file.read_text())
         except FileNotFoundError:
-            return
+            return True
         except (OSError, ValueError) as exc:
             print(f"hotpod: ignoring unreadable {st.launch_file}: {exc}", flush=True)
-            return
+            return True
+        restart, st.request_restart = st.request_restart, None  # resuming never asks again
         try:
-            await self._launch(spec)
+            await self._launch(spec, lambda line: print(f"hotpod-setup: {line}", flush=True))
             print(f"hotpod: resumed launch {spec.get('launch_id')}", flush=True)
+            return True
         except LoadError as exc:
             print(f"hotpod: could not resume launch: {exc}\n{exc.tb}", flush=True)
+        except SetupError as exc:
+            print(f"hotpod: could not resume launch: {exc}\n{exc.tail}", flush=True)
+        finally:
+            st.request_restart = restart
+        return False
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -281,28 +299,51 @@ class PodApp:
             raise HTTPError(400, "malformed launch spec: nested too deeply") from None
         except ValueError as exc:
             raise HTTPError(400, f"malformed launch spec: {exc}") from None
-        t0 = time.perf_counter()
-        try:
-            reloaded = await self._launch(spec)
-        except LoadError as exc:
-            await _send_json(
-                send,
-                500,
-                {"error": str(exc), "phase": exc.phase, "traceback": exc.tb, "pod": self.state.pod},
-            )
-            return
-        await _send_json(
-            send,
-            200,
-            {
-                "launch_id": spec.get("launch_id"),
-                "reloaded": reloaded,
-                "seconds": round(time.perf_counter() - t0, 4),
-                "pod": self.state.pod,
-            },
-        )
+        stream = _header(scope, b"x-hotpod-stream-logs") == "1"
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] | None = asyncio.Queue() if stream else None
 
-    async def _launch(self, spec: dict[str, Any]) -> bool:
+        def emit(line: str) -> None:  # setup progress, from any thread
+            print(f"hotpod-setup: {line}", flush=True)
+            if queue is not None:
+                data = wire.frame(wire.FRAME_LOG, line.encode("utf-8", "replace"))
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        async def run() -> bytes:
+            t0 = time.perf_counter()
+            info: dict[str, Any] = {"pod": self.state.pod, "launch_id": spec.get("launch_id")}
+            try:
+                info.update(await self._launch(spec, emit))
+            except LoadError as exc:
+                info.update(type="LoadError", message=str(exc), phase=exc.phase, traceback=exc.tb)
+                return wire.frame(wire.FRAME_ERROR, json.dumps(info).encode())
+            except SetupError as exc:
+                info.update(
+                    type="SetupError",
+                    message=str(exc),
+                    phase="setup",
+                    step=exc.step,
+                    tail=exc.tail,
+                    traceback="",
+                )
+                return wire.frame(wire.FRAME_ERROR, json.dumps(info).encode())
+            info["seconds"] = round(time.perf_counter() - t0, 4)
+            return wire.frame(wire.FRAME_JSON, json.dumps(info).encode())
+
+        if queue is not None:
+            await self._stream(send, queue, run())
+            return
+        payload = await run()  # the plain JSON form, for simple clients
+        kind, data = wire.FrameDecoder().feed(payload)[0]
+        result = json.loads(data)
+        if kind == wire.FRAME_ERROR:
+            result["error"] = result.pop("message")
+            await _send_json(send, 500, result)
+        else:
+            await _send_json(send, 200, result)
+
+    async def _launch(self, spec: dict[str, Any], emit: Callable[[str], None]) -> dict[str, Any]:
+        """Apply the launch's setup steps and load its code; what changed, as plain data."""
         st = self.state
         world = spec.get("world_size")
         if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
@@ -312,16 +353,24 @@ class PodApp:
             if current is not None and current.key == reload_key(spec):
                 current.spec = spec  # same code, same init: keep the instance, adopt the new id
                 self._persist(spec)
-                return False
+                return {"reloaded": False, "restarting": False}
             loop = asyncio.get_running_loop()
+            setup = Setup(st.root, st.store, st.venv, emit)
+            image = spec.get("image") or {"image_id": None, "steps": []}
+            outcome = await loop.run_in_executor(None, setup.run, image, {})
+            done = {"ran": outcome.ran, "skipped": outcome.skipped, "reported": outcome.reported}
+            if outcome.restart and st.request_restart is not None:
+                self._persist(spec)  # the successor resumes this launch
+                st.request_restart()
+                return {"reloaded": True, "restarting": True, **done}
             loaded = await loop.run_in_executor(
-                None, partial(load, spec, st.store, st.code_dir, current)
+                None, partial(load, spec, st.store, st.code_dir, current, outcome.paths)
             )
             st.loaded = loaded
             st.ready.set()
             self._persist(spec)
             print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
-            return True
+            return {"reloaded": True, "restarting": False, **done}
 
     def _persist(self, spec: dict[str, Any]) -> None:
         path = self.state.launch_file
@@ -372,12 +421,21 @@ class PodApp:
             )
             return
         assert queue is not None
+        await self._stream(send, queue, self._invoke(target, args, kwargs, accept, log))
+
+    async def _stream(
+        self, send: Send, queue: asyncio.Queue[object], work: Awaitable[bytes]
+    ) -> None:
+        """Answer with frames: those ``queue`` gets while ``work`` runs, then ``work``'s own.
+
+        Work that finishes before anything is queued is answered with one plain body.
+        """
+        loop = asyncio.get_running_loop()
         done = object()
 
         async def run() -> None:
             try:
-                payload = await self._invoke(target, args, kwargs, accept, log)
-                queue.put_nowait(payload)
+                queue.put_nowait(await work)
             finally:  # even when the runtime itself failed: the response must end, not hang
                 queue.put_nowait(done)
 

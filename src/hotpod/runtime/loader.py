@@ -22,14 +22,14 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hotpod.store import Store
 
-_RELOAD_FIELDS = ("kind", "code", "init", "env")
+_RELOAD_FIELDS = ("kind", "code", "init", "env", "image")
 
 
 def reload_key(spec: dict[str, Any]) -> str:
@@ -116,17 +116,19 @@ def _lookup(obj: Any, qualname: str) -> Any:
 
 
 def _purge(previous: Loaded) -> dict[str, Any]:
-    """Forget the modules imported from the previous snapshot so the new one imports fresh.
-
-    Returns the modules it removed, so that a failed load can put them back.
+    """Forget the modules imported from the previous code (and synced packages) so the new
+    code imports fresh. Returns the modules it removed, so that a failed load can put them back.
     """
     removed: dict[str, Any] = {}
-    if previous.snapshot is None:
+    roots = tuple(
+        r if r.endswith(os.sep) else r + os.sep
+        for r in ([str(previous.snapshot)] if previous.snapshot else []) + previous.paths
+    )
+    if not roots:
         return removed
-    root = str(previous.snapshot)
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None) or ""
-        if f.startswith(root):
+        if f.startswith(roots):
             removed[name] = sys.modules.pop(name)
     for p in previous.paths:
         while p in sys.path:
@@ -134,19 +136,23 @@ def _purge(previous: Loaded) -> dict[str, Any]:
     return removed
 
 
-def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | None) -> Loaded:
+def load(
+    spec: dict[str, Any],
+    store: Store,
+    code_dir: Path,
+    previous: Loaded | None,
+    extra_paths: Sequence[str] = (),
+) -> Loaded:
     """Load the code a launch spec names. Raises :class:`LoadError`; ``previous`` stays usable."""
     import traceback
 
     code = spec.get("code") or {}
     snapshot: Path | None = None
+    previous_manifest = ((previous.spec.get("code") or {}).get("manifest")) if previous else None
     if code.get("manifest"):
+        snapshot = code_dir / "current"  # the pod's own copy, brought up to date in place
         try:
-            snapshot = store.materialize(
-                code["manifest"],
-                code_dir / code["manifest"],
-                previous=previous.snapshot if previous else None,
-            )
+            store.update_tree(code["manifest"], snapshot)
         except Exception as exc:
             raise LoadError(
                 "sync", f"could not unpack the code: {exc}", traceback.format_exc()
@@ -157,14 +163,17 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
     before = set(sys.modules)
     purged: dict[str, Any] = {}
     if previous is not None and (
-        previous.snapshot != snapshot or previous.spec.get("env") != spec.get("env")
-    ):  # new code, or env the code may read at import: import afresh (init alone: no need)
-        purged = _purge(previous)
+        previous_manifest != code.get("manifest")
+        or previous.snapshot != snapshot
+        or previous.spec.get("env") != spec.get("env")
+        or previous.spec.get("image") != spec.get("image")
+    ):  # new code, or an environment the code may read at import: import afresh
+        purged = _purge(previous)  # (init args alone: the modules stay, the instance is new)
     paths = (
         [str(snapshot / p) if p else str(snapshot) for p in code.get("paths", [""])]
         if snapshot
         else []
-    )
+    ) + [p for p in extra_paths if p not in code.get("paths", [])]
     for p in reversed(paths):
         while p in sys.path:  # a relaunch of the same snapshot must not stack duplicates
             sys.path.remove(p)
@@ -217,6 +226,11 @@ def load(spec: dict[str, Any], store: Store, code_dir: Path, previous: Loaded | 
             for p in previous.paths:
                 if p not in sys.path:
                     sys.path.insert(0, p)
+        if snapshot is not None and previous_manifest and previous_manifest != code["manifest"]:
+            try:  # the files on disk go back to what the running code was loaded from
+                store.update_tree(previous_manifest, snapshot)
+            except Exception:
+                pass
         what = "importing the code" if phase == "import" else "running __init__"
         raise LoadError(
             phase, f"{what} failed: {type(exc).__name__}: {exc}", traceback.format_exc()

@@ -2,22 +2,30 @@
 
 Started by a backend as ``python -m hotpod.runtime.supervisor`` with ``HOTPOD_PORT`` (and
 optionally ``HOTPOD_HOST``) set. The socket stays open across worker restarts, so a crashed
-worker comes back on the same address without the pod being replaced. SIGTERM stops the worker
-gracefully, then the supervisor. Kept to the standard library so it starts fast.
+worker comes back on the same address without the pod being replaced.
+
+A worker asks to be replaced (SIGUSR1 to the supervisor) when a setup step changed a package it
+has imported: the supervisor starts a successor on the same socket, and only when the successor
+says it is ready (a byte on its ready pipe) does the old worker get SIGTERM and drain. Calls keep
+being served by the old worker until then: no failed calls during the swap. SIGTERM stops the
+workers gracefully, then the supervisor. Kept to the standard library so it starts fast.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0
+DRAIN_TIMEOUT = 30.0
 
 
 def _log(message: str) -> None:
@@ -34,6 +42,172 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    ready_fd: int  # the worker writes b"r" (ready) or b"f" (failed to load) here
+    parent_fd: int  # our end of the pipe whose closing tells the worker we are gone
+    started: float
+    ready: bool = False
+    retiring_since: float | None = None
+
+    def close(self) -> None:
+        for fd in (self.ready_fd, self.parent_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def spawn(sock: socket.socket) -> Worker:
+    parent_r, parent_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    cmd = [sys.executable, "-m", "hotpod.runtime.worker", "--fd", str(sock.fileno())]
+    cmd += ["--parent-fd", str(parent_r), "--ready-fd", str(ready_w)]
+    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(), parent_r, ready_w))
+    os.close(parent_r)
+    os.close(ready_w)
+    os.set_blocking(ready_r, False)
+    return Worker(proc, ready_r, parent_w, time.monotonic())
+
+
+class Supervisor:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sel = selectors.DefaultSelector()
+        self.current: Worker | None = None
+        self.successor: Worker | None = None
+        self.retiring: list[Worker] = []
+        self.stopping = False
+        self.replace = False
+        self.backoff = MIN_BACKOFF
+        self.restart_at: float | None = 0.0  # start the first worker at once
+
+    def _start(self) -> Worker:
+        worker = spawn(self.sock)
+        self.sel.register(worker.ready_fd, selectors.EVENT_READ, worker)
+        return worker
+
+    def _forget(self, worker: Worker) -> None:
+        try:
+            self.sel.unregister(worker.ready_fd)
+        except (KeyError, ValueError):
+            pass
+        worker.close()
+
+    def _on_ready(self, worker: Worker) -> None:
+        try:
+            data = os.read(worker.ready_fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker closed the pipe (it exited): handled by the reaper
+            self.sel.unregister(worker.ready_fd)
+            return
+        if b"r" in data:
+            worker.ready = True
+            if worker is self.successor and self.current is not None:
+                _log(f"worker {worker.proc.pid} ready; retiring {self.current.proc.pid}")
+                self.current.proc.send_signal(signal.SIGTERM)
+                self.current.retiring_since = time.monotonic()
+                self.retiring.append(self.current)
+                self.current, self.successor = worker, None
+        elif b"f" in data and worker is self.successor:
+            _log(f"worker {worker.proc.pid} could not load the launch; keeping the old one")
+            worker.proc.kill()
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.retiring):
+            if worker.proc.poll() is not None:
+                self.retiring.remove(worker)
+                self._forget(worker)
+            elif worker.retiring_since and now - worker.retiring_since > DRAIN_TIMEOUT:
+                worker.proc.kill()
+        if self.successor is not None and self.successor.proc.poll() is not None:
+            _log(f"successor {self.successor.proc.pid} exited ({self.successor.proc.returncode})")
+            self._forget(self.successor)
+            self.successor = None
+        cur = self.current
+        if cur is not None and cur.proc.poll() is not None:
+            code = cur.proc.returncode
+            self._forget(cur)
+            self.current = None
+            if self.successor is not None:  # the successor takes over at once
+                self.current, self.successor = self.successor, None
+                return
+            if self.stopping:
+                return
+            ran = now - cur.started
+            if ran > STABLE_AFTER:
+                self.backoff = MIN_BACKOFF
+            _log(
+                f"worker exited with code {code} after {ran:.1f} s; restarting in {self.backoff:.1f} s"
+            )
+            self.restart_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        self.sel.register(wake_r, selectors.EVENT_READ, None)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if signum == signal.SIGUSR1:
+                self.replace = True
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, on_signal)
+
+        stop_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self.stopping and stop_deadline is None:
+                stop_deadline = now + 5
+                for w in (self.current, self.successor, *self.retiring):
+                    if w is not None and w.proc.poll() is None:
+                        w.proc.send_signal(signal.SIGTERM)
+            if self.stopping:
+                alive = [w for w in (self.current, self.successor, *self.retiring) if w]
+                if all(w.proc.poll() is not None for w in alive):
+                    break
+                if stop_deadline is not None and now > stop_deadline:
+                    for w in alive:
+                        w.proc.kill()
+            elif self.current is None and self.restart_at is not None and now >= self.restart_at:
+                self.current = self._start()
+                self.restart_at = None
+            if self.replace and not self.stopping:
+                self.replace = False
+                if self.successor is None and self.current is not None:
+                    _log(f"replacing worker {self.current.proc.pid}")
+                    self.successor = self._start()
+            timeout = 1.0
+            if self.restart_at is not None:
+                timeout = max(0.0, min(timeout, self.restart_at - now))
+            for key, _ in self.sel.select(timeout):
+                if key.data is None:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._on_ready(key.data)
+            self._reap()
+        for w in (self.current, self.successor, *self.retiring):
+            if w is not None:
+                w.proc.wait()
+                w.close()
+        _log("stopped")
+        return 0
+
+
 def main() -> int:
     host = os.environ.get("HOTPOD_HOST", "127.0.0.1")
     port = int(os.environ.get("HOTPOD_PORT", "0"))
@@ -43,42 +217,7 @@ def main() -> int:
         _log(f"cannot listen on {host}:{port}: {exc}")
         return 75
     _log(f"listening on {host}:{sock.getsockname()[1]} (pid {os.getpid()})")
-    stopping = False
-    worker: subprocess.Popen[bytes] | None = None
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    backoff = MIN_BACKOFF
-    while not stopping:
-        read_end, write_end = os.pipe()
-        cmd = [sys.executable, "-m", "hotpod.runtime.worker", "--fd", str(sock.fileno())]
-        cmd += ["--parent-fd", str(read_end)]
-        started = time.monotonic()
-        worker = subprocess.Popen(cmd, pass_fds=(sock.fileno(), read_end))
-        os.close(read_end)
-        while True:
-            try:
-                code = worker.wait(timeout=5 if stopping else None)
-                break
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        os.close(write_end)
-        if stopping:
-            break
-        ran = time.monotonic() - started
-        if ran > STABLE_AFTER:
-            backoff = MIN_BACKOFF
-        _log(f"worker exited with code {code} after {ran:.1f} s; restarting in {backoff:.1f} s")
-        time.sleep(backoff)
-        backoff = min(backoff * 2, MAX_BACKOFF)
-    _log("stopped")
-    return 0
+    return Supervisor(sock).run()
 
 
 if __name__ == "__main__":

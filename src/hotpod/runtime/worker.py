@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -30,10 +32,31 @@ def _exit_with_parent(fd: int) -> None:
     threading.Thread(target=watch, name="hotpod-parent-watch", daemon=True).start()
 
 
+def _ask_for_successor() -> None:
+    """Ask the supervisor for a new worker; this one serves until the new one is ready."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
+def _ready_reporter(fd: int | None) -> Callable[[bool], None] | None:
+    """Tell the supervisor, once, whether this worker loaded the pod's launch."""
+    if fd is None:
+        return None
+
+    def report(ok: bool) -> None:
+        try:
+            os.write(fd, b"r" if ok else b"f")
+            os.close(fd)
+        except OSError:
+            pass
+
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotpod-worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--parent-fd", type=int)
+    parser.add_argument("--ready-fd", type=int)
     opts = parser.parse_args(argv)
     if opts.parent_fd is not None:
         _exit_with_parent(opts.parent_fd)
@@ -42,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from hotpod.runtime import logs
     from hotpod.runtime.app import PodApp, PodState
+    from hotpod.runtime.setup import activate
     from hotpod.store import LocalStore
 
     env = os.environ
@@ -49,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     if not token:
         sys.exit("hotpod-worker: HOTPOD_TOKEN is not set")
     root = Path(env.get("HOTPOD_POD_ROOT", os.getcwd()))
+    venv = Path(env["HOTPOD_VENV"]) if env.get("HOTPOD_VENV") else None
+    if venv is not None and (venv / "bin" / "python").exists():
+        activate(venv)  # packages the service's pip steps installed come first
     pod_log = logs.install()
     state = PodState(
         pod=env.get("HOTPOD_POD_NAME", "pod"),
@@ -60,10 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         pod_log=pod_log,
         max_body=int(env.get("HOTPOD_MAX_BODY_BYTES", str(4 << 30))),
         threads=int(env.get("HOTPOD_THREADS", "64")),
+        venv=venv,
+        request_restart=_ask_for_successor if opts.parent_fd is not None else None,
     )
     sock = socket.socket(fileno=opts.fd)
     config = uvicorn.Config(
-        PodApp(state),
+        PodApp(state, _ready_reporter(opts.ready_fd)),
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -43,6 +43,7 @@ IDLE_EXIT = float(os.environ.get("HOTPOD_CONTROLLER_IDLE", "600"))
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0
 STOP_GRACE = 5.0
+ROLL_TIMEOUT = 120.0  # how long a rolling replacement waits for each new pod
 
 
 @dataclass
@@ -109,6 +110,10 @@ class Controller:
 
     def pod_root(self, service: str, pod: str) -> Path:
         return self.settings.pods_dir / service / pod
+
+    def venv_dir(self, service: str) -> Path:
+        """The service's virtual environment, where its pip steps install."""
+        return self.settings.home / "venvs" / service
 
     def log_path(self, service: str, pod: str) -> Path:
         return self.settings.home / "logs" / service / f"{pod}.log"
@@ -187,6 +192,7 @@ class Controller:
                 "HOTPOD_TOKEN": svc["token"],
                 "HOTPOD_POD_ROOT": str(root),
                 "HOTPOD_STORE": str(self.settings.store_dir),
+                "HOTPOD_VENV": str(self.venv_dir(pod.service)),
                 "HOTPOD_PORT": str(pod.port),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -236,6 +242,24 @@ class Controller:
                 pod.popen.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
+
+    async def wait_serving(self, pod: Pod, timeout: float) -> bool:
+        """Wait until a pod answers /health as ready (its last launch resumed)."""
+        deadline = time.monotonic() + timeout
+        resumes = (self.pod_root(pod.service, pod.name) / ".hotpod" / "launch.json").exists()
+        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+        while time.monotonic() < deadline and pod.alive():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
+                writer.write(request)
+                answer = await asyncio.wait_for(reader.read(), 2)
+                writer.close()
+                if b" 200 " in answer and (b'"ready": true' in answer or not resumes):
+                    return True  # (a pod that never served a launch has nothing to resume)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+        return False
 
     async def monitor(self) -> None:
         idle_since = time.monotonic()
@@ -321,10 +345,11 @@ class Controller:
                 await self.stop_pod(pod)
                 self.registry.delete_pod(name, pod.rank)
                 shutil.rmtree(self.pod_root(name, pod.name), ignore_errors=True)
-            if replace:
-                await asyncio.gather(*(self.stop_pod(p) for p in pods))
+            if replace:  # one pod at a time, the way a Deployment rolls: the others serve
                 for pod in pods:
+                    await self.stop_pod(pod)
                     self.start_pod(pod)
+                    await self.wait_serving(pod, ROLL_TIMEOUT)
             used = {p.port for ps in self.pods.values() for p in ps}
             for rank in range(len(pods), replicas):
                 port = free_port()
@@ -344,6 +369,7 @@ class Controller:
             del self.services[name]
             self.registry.delete_service(name)
             shutil.rmtree(self.settings.pods_dir / name, ignore_errors=True)
+            shutil.rmtree(self.venv_dir(name), ignore_errors=True)
             return True
 
 
