@@ -246,11 +246,18 @@ class PodClient:
             resp.abandon()
             raise
 
-    def _await_pod(self, pod: PodInfo, what: str, start: float, deadline: float | None) -> None:
+    def _await_pod(
+        self,
+        pod: PodInfo,
+        what: str,
+        start: float,
+        deadline: float | None,
+        need_ready: bool = True,
+    ) -> None:
         """Wait until a pod whose connection broke serves again (a new worker answers)."""
         while True:
             health = self.health(pod)
-            if health is not None and health.get("ready"):
+            if health is not None and (health.get("ready") or not need_ready):
                 self._suspect.discard(pod.name)
                 return
             now = time.monotonic()
@@ -364,7 +371,17 @@ class PodClient:
         def one(pod: PodInfo) -> dict[str, Any]:
             pid = (self.health(pod) or {}).get("pid")
             try:
-                resp = self._transport.request(pod.url, "/_hotpod/launch", body, headers, timeout)
+                try:
+                    resp = self._transport.request(
+                        pod.url, "/_hotpod/launch", body, headers, timeout
+                    )
+                except transport.Unreachable:  # (re)starting: nothing was sent, wait and retry
+                    self._await_pod(
+                        pod, f"launch on {pod.name}", time.monotonic(), None, need_ready=False
+                    )
+                    resp = self._transport.request(
+                        pod.url, "/_hotpod/launch", body, headers, timeout
+                    )
                 if resp.status != 200:
                     text = resp.read().decode("utf-8", "replace")
                     return {"pod": pod.name, "error": f"HTTP {resp.status}: {text}"}
@@ -381,6 +398,8 @@ class PodClient:
                             result["error"] = result.pop("message", "failed")
             except (transport.Unreachable, transport.Broken, transport.TimedOut) as exc:
                 return {"pod": pod.name, "error": f"{type(exc).__name__}: {exc}"}
+            except PodUnreachableError as exc:
+                return {"pod": pod.name, "error": str(exc)}
             if result.get("restarting") and "error" not in result:
                 if progress is not None:
                     progress.line(pod.name, "restarting the worker for changed packages")
@@ -391,7 +410,10 @@ class PodClient:
                 progress.done(pod.name, "ready")
             return result
 
-        results = list(self.executor(len(pods)).map(one, pods))
+        if len(pods) == 1:
+            results = [one(pods[0])]
+        else:
+            results = list(self.executor(len(pods)).map(one, pods))
         failed = [r for r in results if "error" in r]
         if failed:
             first = failed[0]

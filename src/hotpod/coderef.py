@@ -11,6 +11,7 @@ Three cases, tried in order:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from dataclasses import dataclass
@@ -84,14 +85,19 @@ def _cwd_project() -> Path | None:
     return root if any((root / m).exists() for m in markers) else None
 
 
-def _installed(file: Path) -> bool:
-    """True for files of the Python installation (stdlib, site-packages): pods have them."""
+@functools.lru_cache(maxsize=1)
+def _install_dirs() -> tuple[Path, ...]:
     import sysconfig
 
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        base = sysconfig.get_paths().get(key)
-        if base and file.is_relative_to(Path(base).absolute()):
-            return True
+    paths = sysconfig.get_paths()
+    keys = ("stdlib", "platstdlib", "purelib", "platlib")
+    return tuple(Path(paths[k]).absolute() for k in keys if paths.get(k))
+
+
+def _installed(file: Path) -> bool:
+    """True for files of the Python installation (stdlib, site-packages): pods have them."""
+    if any(file.is_relative_to(base) for base in _install_dirs()):
+        return True
     return "site-packages" in file.parts or "dist-packages" in file.parts
 
 

@@ -152,9 +152,10 @@ def deploy(
         "image": image_spec,
     }
     client = PodClient.shared(name, service.token)
-    service = dataclasses.replace(
-        wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
-    )
+    if service.rollout != "unchanged" or any(p.status != "running" for p in service.pods):
+        service = dataclasses.replace(
+            wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
+        )  # (pods that were up answer the launch itself; one that is not is waited for there)
     progress = Progress(name, [p.name for p in service.pods])
     try:
         results = client.launch(service.pods, spec, compute.launch_timeout, progress)

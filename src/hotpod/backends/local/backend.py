@@ -119,6 +119,11 @@ class LocalBackend(Backend):
         )
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self.settings.controller_socket.exists():  # usually it answers: ask it first
+            try:
+                return self._http().request(method, path, **kw)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                pass
         self.ensure_controller()
         try:
             return self._http().request(method, path, **kw)
