@@ -18,7 +18,7 @@ from hotpod.codesync import (
 )
 from hotpod.config import reload_settings
 from hotpod.errors import HotpodError
-from hotpod.store import LocalStore, read_marker
+from hotpod.store import _MEMO, LocalStore, read_marker
 
 PAST = time.time_ns() - 3600 * 10**9  # an hour ago: old enough for the hash cache to trust
 
@@ -458,3 +458,279 @@ def test_byte_guard(project: Path, store: LocalStore, cache_dir: Path) -> None:
     write(project, "weights.bin", b"\0" * 4096)
     with pytest.raises(CodeSyncError, match=r"more than 2\.0 KiB"):
         sync(project, store, cache_dir, max_bytes=2048)
+
+
+# -- ignore-rule shortcut ---------------------------------------------------------------------
+
+IGNORE_LINES = [
+    "*.log",
+    "build/",
+    "!keep.log",
+    "/top.py",
+    "a/**/b",
+    "docs/*.md",
+    "[abc]?.txt",
+    "\\#hash",
+    "**/cache/",
+    "x?y",
+    "!important/**",
+    "sub/dir/",
+    "*.tmp",
+    "!/root_only.tmp",
+]
+PATHS = [
+    "run.log",
+    "keep.log",
+    "deep/keep.log",
+    "build/",
+    "src/build/",
+    "build",
+    "top.py",
+    "pkg/top.py",
+    "a/b",
+    "a/x/y/b",
+    "a/b/",
+    "docs/readme.md",
+    "docs/sub/readme.md",
+    "a1.txt",
+    "ab.txt",
+    "d1.txt",
+    "#hash",
+    "cache/",
+    "x/cache/",
+    "cache",
+    "xzy",
+    "x/y",
+    "important/a.log",
+    "sub/dir/",
+    "other/sub/dir/",
+    "f.tmp",
+    "root_only.tmp",
+    "n/root_only.tmp",
+    "plain.py",
+    "pkg/mod.py",
+]
+
+
+@pytest.mark.parametrize("lines", [IGNORE_LINES, IGNORE_LINES[:3], ["!*.py"], ["# comment", ""]])
+def test_quick_regex_agrees_with_pathspec(lines: list[str]) -> None:
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    quick = codesync._quick_regex(spec)
+    assert quick is not None
+    for path in PATHS:
+        verdict = codesync._spec_verdict(spec, path)
+        if quick.search(path) is None:
+            assert verdict is None, path  # the shortcut may only skip paths nothing matches
+        fast = codesync._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, quick)),))
+        slow = codesync._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, None)),))
+        assert fast == slow, path
+
+
+def _rules(spec: object, quick: object) -> codesync._Rules:
+    return codesync._Rules("", spec, quick)  # type: ignore[arg-type]
+
+
+def test_ignore_rules_under_subdirectories_use_the_shortcut(project: Path) -> None:
+    write(project, ".gitignore", "*.log\n")
+    write(project, "pkg/.gitignore", "gen_*.py\n!gen_keep.py\n")
+    for rel in ["a.log", "pkg/gen_x.py", "pkg/gen_keep.py", "pkg/sub/gen_y.py", "pkg/sub/z.log"]:
+        write(project, rel)
+    got = paths_of(project)
+    assert "pkg/gen_keep.py" in got
+    assert not {"a.log", "pkg/gen_x.py", "pkg/sub/gen_y.py", "pkg/sub/z.log"} & got
+
+
+def test_backslash_names_are_a_clear_error(project: Path) -> None:
+    write(project, "odd\\name.py")
+    with pytest.raises(CodeSyncError, match="backslash"):
+        build_manifest(project)
+    write(project, ".hotpodignore", "odd*\n")
+    assert "main.py" in paths_of(project)
+
+
+def test_bad_directory_names_are_caught_through_their_files(project: Path) -> None:
+    write(project, "odd\\dir/plain.py")
+    with pytest.raises(CodeSyncError, match="backslash"):
+        build_manifest(project)
+    bad = os.fsencode(project) + b"/dir-\xff"
+    try:
+        os.mkdir(bad)
+    except OSError:
+        pytest.skip("the filesystem rejects non-UTF-8 names")
+    with open(bad + b"/plain.py", "wb") as f:
+        f.write(b"x")
+    write(project, ".hotpodignore", "odd*\n")
+    with pytest.raises(CodeSyncError, match="not valid UTF-8"):
+        build_manifest(project)
+
+
+def test_tree_bookkeeping_names_are_skipped_at_the_root(project: Path) -> None:
+    write(project, ".hotpod-manifest", "0" * 64)
+    write(project, ".hotpod-manifest.next", "0" * 64)
+    write(project, "pkg/.hotpod-manifest.next", "kept below the root")
+    got = paths_of(project)
+    assert ".hotpod-manifest" not in got and ".hotpod-manifest.next" not in got
+    assert "pkg/.hotpod-manifest.next" in got
+
+
+# -- manifest deltas and the last manifest ----------------------------------------------------
+
+
+@pytest.fixture
+def big_project(tmp_path: Path) -> Path:
+    root = tmp_path / "big"
+    write(root, "pyproject.toml", "[project]\nname='big'\n")
+    for i in range(500):
+        write(root, f"pkg/sub{i // 50:02}/mod{i:03}.py", f"X = {i}\n")
+    age(root)
+    return root
+
+
+def test_one_file_change_sends_the_file_and_a_small_delta(
+    big_project: Path, store: LocalStore, cache_dir: Path
+) -> None:
+    first = sync(big_project, store, cache_dir)
+    full = len(store.get_manifest(first.manifest_id).to_json().encode())
+    assert first.manifest_bytes == full and first.delta_base is None
+
+    again = sync(big_project, store, cache_dir)
+    assert (again.uploaded_bytes, again.manifest_bytes) == (0, 0)
+
+    new_text = "X = 'changed'\n"
+    write(big_project, "pkg/sub03/mod170.py", new_text)
+    changed = sync(big_project, store, cache_dir)
+    assert changed.delta_base == first.manifest_id
+    assert changed.uploaded_bytes == len(new_text)
+    assert 0 < changed.manifest_bytes < full / 50
+    assert changed.manifest_bytes < 400  # the base id, one entry and framing
+    _MEMO.clear()
+    got = store.get_manifest(changed.manifest_id)
+    assert store.get_bytes(got["pkg/sub03/mod170.py"].digest) == new_text.encode()
+    assert len(got) == 501
+
+    (big_project / "pkg/sub00/mod000.py").unlink()
+    removed = sync(big_project, store, cache_dir)
+    assert removed.delta_base == changed.manifest_id and removed.uploaded_bytes == 0
+    assert 0 < removed.manifest_bytes < 400
+
+
+def test_sync_remembers_the_last_manifest_per_store(
+    project: Path, store: LocalStore, cache_dir: Path, tmp_path: Path
+) -> None:
+    first = sync(project, store, cache_dir)
+    cache = HashCache.for_root(project, cache_dir)
+    assert cache.last_path.is_file()
+    assert cache.last_manifest(store.identity) == first.manifest_id
+
+    other = LocalStore(tmp_path / "other-store")
+    write(project, "main.py", "import pkg  # v2\n")
+    in_other = sync(project, other, cache_dir)
+    assert in_other.delta_base is None  # the other store never had the first manifest
+    fresh = HashCache.for_root(project, cache_dir)
+    assert fresh.last_manifest(store.identity) == first.manifest_id
+    assert fresh.last_manifest(other.identity) == in_other.manifest_id
+
+    for i in range(HashCache.MAX_STORES + 2):
+        fresh.remember_manifest(f"store-{i}", first.manifest_id)
+    fresh.save()
+    kept = json.loads(fresh.last_path.read_bytes())
+    assert len(kept) == HashCache.MAX_STORES and "store-0" not in kept
+
+
+def test_lost_base_falls_back_to_a_full_manifest(
+    big_project: Path, store: LocalStore, cache_dir: Path
+) -> None:
+    first = sync(big_project, store, cache_dir)
+    path = store.root / "manifests" / f"{first.manifest_id}.json"
+    path.chmod(0o644)
+    path.unlink()
+    write(big_project, "pkg/sub00/mod001.py", "X = 'v2'\n")
+    second = sync(big_project, store, cache_dir)
+    assert second.delta_base is None and second.manifest_bytes > 10_000
+    assert store.get_manifest(second.manifest_id)["pkg/sub00/mod001.py"].size == 9
+
+
+def test_corrupt_last_manifest_file_is_ignored(
+    project: Path, store: LocalStore, cache_dir: Path
+) -> None:
+    first = sync(project, store, cache_dir)
+    cache = HashCache.for_root(project, cache_dir)
+    cache.last_path.write_text("{not json")
+    write(project, "main.py", "v2\n")
+    second = sync(project, store, cache_dir)
+    assert second.delta_base is None and second.manifest_id != first.manifest_id
+    assert HashCache.for_root(project, cache_dir).last_manifest(store.identity) == (
+        second.manifest_id
+    )
+
+
+# -- the no-change fast path ------------------------------------------------------------------
+
+
+def test_no_change_sync_skips_building_the_manifest(
+    project: Path, store: LocalStore, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    age(project)
+    first = sync(project, store, cache_dir)
+    built: list[int] = []
+    real = codesync._Tree.manifest
+
+    def spy(self: codesync._Tree, previous: object = None) -> object:
+        built.append(1)
+        return real(self, previous)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codesync._Tree, "manifest", spy)
+    assert sync(project, store, cache_dir).manifest_id == first.manifest_id
+    assert built == []  # the cache vouched for the id
+
+    (project / "main.py").chmod(0o755)  # a mode change alone must be seen
+    chmod = sync(project, store, cache_dir)
+    assert chmod.manifest_id != first.manifest_id and built
+    assert store.get_manifest(chmod.manifest_id)["main.py"].mode == 0o755
+
+    built.clear()
+    (project / "pkg/model.py").unlink()
+    gone = sync(project, store, cache_dir)
+    assert "pkg/model.py" not in store.get_manifest(gone.manifest_id) and built
+
+    built.clear()
+    old = write(project, "pkg/added.py", "A = 1\n")
+    os.utime(old, ns=(PAST, PAST))
+    added = sync(project, store, cache_dir)
+    assert "pkg/added.py" in store.get_manifest(added.manifest_id) and built
+    built.clear()
+    assert sync(project, store, cache_dir).manifest_id == added.manifest_id
+    assert built == []
+
+
+def test_racy_change_is_hashed_until_it_settles(
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+) -> None:
+    age(project)
+    first = sync(project, store, cache_dir)
+    cache_file = HashCache.for_root(project, cache_dir).path
+    before = cache_file.read_bytes()
+
+    write(project, "pkg/model.py", "class Model: v = 2\n")  # just written: not trusted yet
+    hash_calls.clear()
+    second = sync(project, store, cache_dir)
+    assert hash_calls == ["model.py"] and second.manifest_id != first.manifest_id
+    assert cache_file.read_bytes() == before  # only forgetting one entry: not rewritten
+    hash_calls.clear()
+    assert sync(project, store, cache_dir).manifest_id == second.manifest_id
+    assert hash_calls == ["model.py"]  # still racy: hashed again, never the stale id
+
+    os.utime(project / "pkg/model.py", ns=(PAST + 10**9, PAST + 10**9))
+    hash_calls.clear()
+    assert sync(project, store, cache_dir).manifest_id == second.manifest_id
+    assert hash_calls == ["model.py"]
+    hash_calls.clear()
+    assert sync(project, store, cache_dir).manifest_id == second.manifest_id
+    assert hash_calls == []
+
+
+def test_sync_result_fields_default_for_old_callers() -> None:
+    result = SyncResult(Path("/x"), "0" * 64, 1, 1, 0, 0, 0.0)
+    assert (result.manifest_bytes, result.delta_base) == (0, None)

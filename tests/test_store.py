@@ -3,21 +3,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hotpod.errors import HotpodError
 from hotpod.store import (
+    _MEMO,
     MARKER,
+    MAX_DELTA_CHAIN,
+    PENDING,
     FileEntry,
     LocalStore,
     Manifest,
     Store,
     StoreError,
+    TreeUpdate,
     read_marker,
+    recent_manifest,
 )
 
 
@@ -384,3 +392,477 @@ def test_concurrent_materialize_of_same_manifest(store: LocalStore, tmp_path: Pa
     assert not errors
     assert read_marker(dest) == manifest.id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snap", "store"]
+
+
+# -- canonical JSON ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "plain.py",
+        'quote"d.py',
+        "tab\there",
+        "ünïcödé/ファイル.py",
+        "emoji😀.txt",
+        "ctl\x01\x7f",
+        "ls\u2028",
+    ],
+)
+def test_to_json_matches_json_dumps(path: str) -> None:
+    m = Manifest({path: FileEntry(sha(b"x"), 0o755, 12), "z.py": FileEntry(sha(b"y"), 0o644, 0)})
+    doc = {"files": {p: [e.digest, e.mode, e.size] for p, e in m.items()}, "version": 1}
+    expected = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert m.to_json() == expected
+    assert Manifest.from_json(m.to_json()) == m
+
+
+def test_file_entry_rejects_bool_size() -> None:
+    with pytest.raises(StoreError, match="size"):
+        FileEntry(sha(b""), 0o644, True)
+
+
+# -- manifest deltas --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_memo() -> Iterator[None]:
+    """Forget manifests this process saw, so reads go to disk (and after the test, too)."""
+    _MEMO.clear()
+    yield
+    _MEMO.clear()
+
+
+def big_tree(store: LocalStore, n: int, tag: bytes = b"") -> dict[str, bytes]:
+    files = {f"pkg/sub{i // 50:02}/mod{i:04}.py": b"X = %d\n" % i + tag for i in range(n)}
+    for data in set(files.values()):
+        store.put_bytes(data)
+    return files
+
+
+def manifest_of(store: LocalStore, files: dict[str, bytes | tuple[bytes, int]]) -> Manifest:
+    entries = {}
+    for path, value in files.items():
+        data, mode = value if isinstance(value, tuple) else (value, 0o644)
+        entries[path] = FileEntry(store.put_bytes(data), mode, len(data))
+    return Manifest(entries)
+
+
+def stored_head(store: LocalStore, manifest_id: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        (store.root / "manifests" / f"{manifest_id}.json").read_bytes()
+    )
+    return doc
+
+
+def test_changes_since_and_with_changes_round_trip() -> None:
+    a, b, c = (FileEntry(sha(x), 0o644, 1) for x in (b"a", b"b", b"c"))
+    old = Manifest({"keep.py": a, "change.py": a, "gone/x.py": b})
+    new = Manifest({"keep.py": a, "change.py": c, "added/y.py": b})
+    changed, removed = new.changes_since(old)
+    assert changed == {"change.py": c, "added/y.py": b}
+    assert removed == ("gone/x.py",)
+    derived = old.with_changes(changed, removed)
+    assert derived == new and derived.id == new.id and list(derived) == list(new)
+    assert old.with_changes({}, ()) == old
+
+
+def test_with_changes_validates_what_it_adds() -> None:
+    a = FileEntry(sha(b"a"), 0o644, 1)
+    base = Manifest({"pkg/mod.py": a, "top": a})
+    with pytest.raises(StoreError, match="Invalid manifest path"):
+        base.with_changes({"../evil": a})
+    with pytest.raises(StoreError, match="both a file and a directory"):
+        base.with_changes({"pkg": a})
+    with pytest.raises(StoreError, match="both a file and a directory"):
+        base.with_changes({"top/inner.py": a})
+    with pytest.raises(StoreError, match="no such file"):
+        base.with_changes({}, ["absent.py"])
+    assert set(base.with_changes({"top/inner.py": a}, ["top"])) == {"pkg/mod.py", "top/inner.py"}
+
+
+def test_delta_is_stored_small_and_resolves(store: LocalStore, no_memo: None) -> None:
+    files = big_tree(store, 500)
+    first = manifest_of(store, dict(files))
+    full = store.write_manifest(first)
+    assert full.bytes_written == len(first.to_json().encode()) and full.base is None
+
+    files["pkg/sub03/mod0170.py"] = b"X = 'changed'\n"
+    files["new/extra.py"] = b"E = 1\n"
+    del files["pkg/sub09/mod0499.py"]
+    second = manifest_of(store, dict(files))
+    written = store.write_manifest(second, base=first.id)
+    assert written.base == first.id and written.manifest_id == second.id
+    assert written.bytes_written < full.bytes_written / 50  # one file's worth, not 500
+    head = stored_head(store, second.id)
+    assert head["base"] == first.id and head["depth"] == 1
+    assert head["removed"] == ["pkg/sub09/mod0499.py"]
+    assert set(head["set"]) == {"pkg/sub03/mod0170.py", "new/extra.py"}
+
+    _MEMO.clear()
+    got = store.get_manifest(second.id)
+    assert got == second and got.id == second.id
+    assert store.put_manifest(second, base=first.id) == second.id  # already there: no write
+    assert store.write_manifest(second, base=first.id).bytes_written == 0
+
+
+def test_delta_chains_rebase_every_max_chain(store: LocalStore, no_memo: None) -> None:
+    files = big_tree(store, 60)
+    ids: list[str] = []
+    expected: dict[str, Manifest] = {}
+    base: str | None = None
+    for step in range(2 * MAX_DELTA_CHAIN + 2):
+        files[f"pkg/sub00/mod{step % 7:04}.py"] = b"step %d\n" % step
+        manifest = manifest_of(store, dict(files))
+        written = store.write_manifest(manifest, base=base)
+        ids.append(manifest.id)
+        expected[manifest.id] = manifest
+        base = manifest.id
+    depths = [stored_head(store, i).get("depth", 0) for i in ids]
+    assert depths[: MAX_DELTA_CHAIN + 2] == [0, *range(1, MAX_DELTA_CHAIN + 1), 0]
+    assert depths[-1] == MAX_DELTA_CHAIN and written.base == ids[-2]
+    for manifest_id in reversed(ids):  # newest first: each resolves its own chain from disk
+        _MEMO.clear()
+        assert store.get_manifest(manifest_id) == expected[manifest_id]
+    _MEMO.clear()
+    assert [store.get_manifest(i) for i in ids] == [expected[i] for i in ids]  # oldest first
+
+
+def test_delta_not_used_when_not_smaller_or_base_absent(store: LocalStore) -> None:
+    one = manifest_of(store, {"a.py": b"1"})
+    store.put_manifest(one)
+    two = manifest_of(store, {"b.py": b"2"})  # nothing shared: the delta would be larger
+    assert store.write_manifest(two, base=one.id).base is None
+    assert "files" in stored_head(store, two.id)
+    three = manifest_of(store, {"c.py": b"3"})
+    assert store.write_manifest(three, base=sha(b"never stored")).base is None
+    assert store.get_manifest(three.id) == three
+
+
+def test_delta_needs_only_its_new_blobs(store: LocalStore) -> None:
+    files = big_tree(store, 100)
+    first = manifest_of(store, dict(files))
+    store.put_manifest(first)
+    files["pkg/sub00/mod0000.py"] = b"never uploaded"
+    second = Manifest(
+        dict(
+            first.items(), **{"pkg/sub00/mod0000.py": FileEntry(sha(b"never uploaded"), 0o644, 14)}
+        )
+    )
+    with pytest.raises(StoreError, match="not in the store"):
+        store.put_manifest(second, base=first.id)
+    assert not store.has_manifest(second.id)
+
+
+def test_missing_delta_base_is_named(store: LocalStore, no_memo: None) -> None:
+    files = big_tree(store, 50)
+    first = manifest_of(store, dict(files))
+    store.put_manifest(first)
+    files["pkg/sub00/mod0001.py"] = b"v2"
+    second = manifest_of(store, dict(files))
+    store.put_manifest(second, base=first.id)
+    os.chmod(store.root / "manifests" / f"{first.id}.json", 0o644)
+    os.unlink(store.root / "manifests" / f"{first.id}.json")
+    _MEMO.clear()
+    with pytest.raises(StoreError, match=f"delta on manifest {first.id}"):
+        store.get_manifest(second.id)
+
+
+def test_corrupt_or_looping_delta_chains_are_errors(store: LocalStore, no_memo: None) -> None:
+    a_id, b_id = sha(b"A"), sha(b"B")
+    for this, other in ((a_id, b_id), (b_id, a_id)):
+        doc = {"base": other, "depth": 1, "removed": [], "set": {}, "version": 2}
+        (store.root / "manifests").mkdir(parents=True, exist_ok=True)
+        (store.root / "manifests" / f"{this}.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="longer than"):
+        store.get_manifest(a_id)
+    bad = sha(b"bad")
+    (store.root / "manifests" / f"{bad}.json").write_text('{"base":"' + a_id + '","set":5}')
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get_manifest(bad)
+
+
+def test_tampered_delta_fails_verification(store: LocalStore, no_memo: None) -> None:
+    files = big_tree(store, 50)
+    first = manifest_of(store, dict(files))
+    store.put_manifest(first)
+    files["pkg/sub00/mod0001.py"] = b"v2"
+    second = manifest_of(store, dict(files))
+    store.put_manifest(second, base=first.id)
+    path = store.root / "manifests" / f"{second.id}.json"
+    doc = json.loads(path.read_bytes())
+    doc["set"]["pkg/sub00/mod0001.py"][2] += 1
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(doc))
+    _MEMO.clear()
+    with pytest.raises(StoreError, match=f"Manifest {second.id} is corrupt"):
+        store.get_manifest(second.id)
+
+
+def test_memoized_manifest_still_needs_the_file(store: LocalStore) -> None:
+    manifest = put_tree(store, {"a.py": b"1"})
+    assert recent_manifest(manifest.id) == manifest
+    path = store.root / "manifests" / f"{manifest.id}.json"
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    with pytest.raises(StoreError, match="not in the store"):
+        store.get_manifest(manifest.id)
+
+
+def test_identity_names_the_store(tmp_path: Path) -> None:
+    assert LocalStore(tmp_path / "a").identity == LocalStore(tmp_path / "a").identity
+    assert LocalStore(tmp_path / "a").identity != LocalStore(tmp_path / "b").identity
+
+
+# -- in-place trees ---------------------------------------------------------------------------
+
+
+V1: dict[str, bytes | tuple[bytes, int]] = {
+    "main.py": b"import pkg\n",
+    "pkg/__init__.py": b"",
+    "pkg/mod.py": b"X = 1\n",
+    "pkg/old/only.py": b"O = 1\n",
+    "run.sh": (b"#!/bin/sh\n", 0o755),
+    "data/a": b"file becomes a directory",
+    "d/x.py": b"directory becomes a file",
+}
+V2: dict[str, bytes | tuple[bytes, int]] = {
+    "main.py": b"import pkg  # v2\n",
+    "pkg/__init__.py": b"",
+    "pkg/mod.py": (b"X = 1\n", 0o755),  # mode change only
+    "pkg/new.py": b"N = 2\n",
+    "run.sh": (b"#!/bin/sh\n", 0o755),
+    "data/a/inner.txt": b"now inside a directory",
+    "d": b"now a file",
+}
+
+
+def code(root: Path) -> dict[str, tuple[bytes, int]]:
+    """The tree's files without bytecode."""
+    return {p: v for p, v in tree(root).items() if "__pycache__" not in p}
+
+
+def as_modes(files: dict[str, bytes | tuple[bytes, int]]) -> dict[str, tuple[bytes, int]]:
+    return {p: v if isinstance(v, tuple) else (v, 0o644) for p, v in files.items()}
+
+
+def test_update_tree_first_time_writes_everything(store: LocalStore, tmp_path: Path) -> None:
+    one = put_tree(store, V1)
+    update = store.update_tree(one.id, tmp_path / "pod" / "code")
+    dest = tmp_path / "pod" / "code"
+    assert isinstance(update, TreeUpdate)
+    assert (update.manifest_id, update.previous_id) == (one.id, None)
+    assert update.changed == tuple(one) and update.removed == ()
+    assert update.seconds >= 0
+    assert tree(dest) == as_modes(V1)
+    assert read_marker(dest) == one.id and not (dest / PENDING).exists()
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".hotpod-tmp")]
+    (dest / "main.py").write_bytes(b"scribble")  # copies, not links to blobs
+    assert store.get_bytes(one["main.py"].digest) == b"import pkg\n"
+
+
+def test_update_tree_writes_only_what_changed(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = put_tree(store, V1), put_tree(store, V2)
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+    (dest / "pkg/old/__pycache__").mkdir()
+    (dest / "pkg/old/__pycache__/only.cpython-311.pyc").write_bytes(b"stale")
+    (dest / "pkg/__pycache__").mkdir()
+    (dest / "pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"stale")
+    (dest / "pkg/__pycache__/mod.cpython-311.opt-1.pyc").write_bytes(b"stale")
+    (dest / "pkg/__pycache__/module.cpython-311.pyc").write_bytes(b"other module: kept")
+    (dest / "pkg/__pycache__/__init__.cpython-311.pyc").write_bytes(b"unchanged: kept")
+    inode = {p: (dest / p).stat().st_ino for p in ("pkg/__init__.py", "run.sh")}
+    copies: list[str] = []
+    real_copy = store.copy_blob
+
+    def counting(digest: str, target: Path) -> None:
+        copies.append(digest)
+        real_copy(digest, target)
+
+    monkeypatch.setattr(store, "copy_blob", counting)
+    update = store.update_tree(two.id, dest)
+
+    assert code(dest) == as_modes(V2)
+    assert update.previous_id == one.id
+    assert set(update.changed) == {"main.py", "pkg/mod.py", "pkg/new.py", "data/a/inner.txt", "d"}
+    assert set(update.removed) == {"pkg/old/only.py", "data/a", "d/x.py"}
+    assert len(copies) == len(update.changed)
+    assert {p: (dest / p).stat().st_ino for p in inode} == inode  # untouched
+    assert not (dest / "pkg/old").exists()  # emptied (bytecode aside): removed
+    assert sorted(p.name for p in (dest / "pkg/__pycache__").iterdir()) == [
+        "__init__.cpython-311.pyc",
+        "module.cpython-311.pyc",
+    ]
+    assert read_marker(dest) == two.id and not (dest / PENDING).exists()
+
+    back = store.update_tree(one.id, dest)  # and back again
+    assert code(dest) == as_modes(V1)
+    assert set(back.removed) == {"pkg/new.py", "data/a/inner.txt", "d"}
+
+
+def test_update_tree_is_idempotent(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = put_tree(store, V1)
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+
+    def boom(*_: object) -> None:
+        raise AssertionError("an up-to-date tree must be left alone")
+
+    monkeypatch.setattr(store, "get_manifest", boom)
+    monkeypatch.setattr(store, "copy_blob", boom)
+    again = store.update_tree(one.id, dest)
+    assert (again.changed, again.removed, again.previous_id) == ((), (), one.id)
+    assert tree(dest) == as_modes(V1)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, copies: int
+) -> pytest.MonkeyPatch:
+    real_copy = LocalStore.copy_blob
+    done = [0]
+
+    def flaky(self: LocalStore, digest: str, target: Path) -> None:
+        if done[0] >= copies:
+            Path(target).write_bytes(b"half")  # a temp file left behind by a crash
+            raise Crash
+        done[0] += 1
+        real_copy(self, digest, target)
+
+    monkeypatch.setattr(store, "copy_blob", flaky.__get__(store))
+    return monkeypatch
+
+
+@pytest.mark.parametrize("copies", [0, 2, 4])
+def test_update_tree_resumes_after_a_crash(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copies: int
+) -> None:
+    one, two = put_tree(store, V1), put_tree(store, V2)
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+    crash_after(store, monkeypatch, copies)
+    with pytest.raises(Crash):
+        store.update_tree(two.id, dest)
+    assert read_marker(dest) == one.id  # the marker is written last
+    assert (dest / PENDING).read_text().split() == [two.id]
+    monkeypatch.undo()
+    update = store.update_tree(two.id, dest)
+    assert tree(dest) == as_modes(V2)
+    assert read_marker(dest) == two.id and not (dest / PENDING).exists()
+    assert update.previous_id == one.id
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".hotpod-tmp")]
+
+
+def test_crash_then_a_different_target_leaves_no_strays(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = put_tree(store, V1), put_tree(store, V2)
+    three = put_tree(store, {"main.py": b"v3\n", "pkg/mod.py": b"X = 3\n"})
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+    crash_after(store, monkeypatch, 4)  # some of V2's files (pkg/new.py, ...) were written
+    with pytest.raises(Crash):
+        store.update_tree(two.id, dest)
+    monkeypatch.undo()
+    store.update_tree(three.id, dest)
+    assert tree(dest) == as_modes({"main.py": b"v3\n", "pkg/mod.py": b"X = 3\n"})
+    assert read_marker(dest) == three.id and not (dest / PENDING).exists()
+
+
+def test_first_update_crash_resumes(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = put_tree(store, V1)
+    dest = tmp_path / "code"
+    crash_after(store, monkeypatch, 3)
+    with pytest.raises(Crash):
+        store.update_tree(one.id, dest)
+    assert read_marker(dest) is None
+    monkeypatch.undo()
+    store.update_tree(one.id, dest)
+    assert tree(dest) == as_modes(V1) and read_marker(dest) == one.id
+
+
+def test_update_tree_with_unknown_marker_checks_every_file(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    one, two = put_tree(store, V1), put_tree(store, V2)
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+    (dest / "pkg/stray.py").write_text("left by someone")
+    (dest / "pkg/mod.py").write_text("edited in place")
+    (dest / MARKER).write_text(sha(b"a manifest this store never had"))
+    update = store.update_tree(two.id, dest)
+    assert update.changed == tuple(two) and update.removed == ()
+    got = code(dest)
+    assert {p: got[p] for p in two} == as_modes(V2)  # every file of the manifest is right
+    assert got["pkg/stray.py"] == (b"left by someone", 0o644)  # unknown: not removed
+    assert read_marker(dest) == two.id
+
+
+def test_first_update_merges_into_an_existing_directory(store: LocalStore, tmp_path: Path) -> None:
+    one, two = put_tree(store, V1), put_tree(store, V2)
+    dest = tmp_path / "app"
+    dest.mkdir()
+    (dest / "user.txt").write_text("keep me")
+    (dest / "main.py").write_text("overwritten")
+    assert store.update_tree(one.id, dest).changed == tuple(one)
+    assert code(dest) == {**as_modes(V1), "user.txt": (b"keep me", 0o644)}
+    store.update_tree(two.id, dest)  # removes only what the previous manifest had
+    assert code(dest) == {**as_modes(V2), "user.txt": (b"keep me", 0o644)}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        store.update_tree(one.id, tmp_path / "file")
+
+
+def test_update_tree_replaces_links_in_the_way(store: LocalStore, tmp_path: Path) -> None:
+    one = put_tree(store, {"pkg/a.py": b"1"})
+    two = put_tree(store, {"pkg/a.py": b"2", "pkg/b.py": b"3"})
+    dest = tmp_path / "code"
+    store.update_tree(one.id, dest)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(dest / "pkg")
+    (dest / "pkg").symlink_to(outside)  # user code swapped the directory for a link
+    store.update_tree(two.id, dest)
+    assert list(outside.iterdir()) == []
+    assert not (dest / "pkg").is_symlink()
+    assert tree(dest) == as_modes({"pkg/a.py": b"2", "pkg/b.py": b"3"})
+
+
+def test_update_tree_rejects_reserved_paths(store: LocalStore, tmp_path: Path) -> None:
+    for name in (MARKER, PENDING):
+        manifest = put_tree(store, {name: b"x"})
+        with pytest.raises(StoreError, match="reserved"):
+            store.update_tree(manifest.id, tmp_path / "code")
+
+
+def test_update_tree_of_large_tree_touches_only_the_change(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = big_tree(store, 500)
+    first = manifest_of(store, dict(files))
+    store.put_manifest(first)
+    dest = tmp_path / "code"
+    store.update_tree(first.id, dest)
+    files["pkg/sub05/mod0250.py"] = b"X = 'new'\n"
+    second = manifest_of(store, dict(files))
+    store.put_manifest(second, base=first.id)
+    calls: list[Path] = []
+
+    def counting(path: Path) -> str:
+        calls.append(path)
+        return sha(Path(path).read_bytes())
+
+    monkeypatch.setattr("hotpod.store.hash_file", counting)
+    update = store.update_tree(second.id, dest)
+    assert update.changed == ("pkg/sub05/mod0250.py",) and calls == []
+    assert (dest / "pkg/sub05/mod0250.py").read_bytes() == b"X = 'new'\n"

@@ -4,11 +4,13 @@ A blob is a file's bytes, stored once under its sha256 hex digest. A :class:`Man
 relative POSIX paths to :class:`FileEntry` (digest, mode, size) and is itself named by the sha256
 of its canonical JSON, so equal trees get equal ids on every machine and a manifest id pins code
 exactly. Code sync (``hotpod.codesync``) uploads only the blobs a store lacks; a pod turns a
-manifest id back into a directory with :meth:`Store.materialize`.
+manifest id back into a directory with :meth:`Store.materialize` (a new snapshot) or
+:meth:`Store.update_tree` (one directory kept current in place).
 
 :class:`Store` is the seam: :class:`LocalStore` keeps everything in a directory
 (``root/blobs/ab/abcdef…``, ``root/manifests/<id>.json``); a remote store speaks the same
-interface over HTTP and inherits ``materialize`` as is, since it only needs ``open_blob``.
+interface over HTTP and inherits ``materialize`` and ``update_tree`` as they are, since they only
+need ``get_manifest``, ``has_manifest`` and ``open_blob``/``copy_blob``.
 
 Design choices, and why:
 
@@ -28,10 +30,26 @@ Design choices, and why:
   one copy plus a link per file. A previous file is trusted only if its size, mode and mtime show
   it was not modified after its snapshot was completed (mtime not newer than the marker); hard
   links do mean that an in-place write to a shared file shows in both snapshots.
+- Manifest deltas: ``put_manifest(manifest, base=...)`` stores a manifest as a delta on a stored
+  base (the base id, the entries set and the paths removed) when that is smaller than the full
+  manifest, so a one-file change to a large tree stores (and, for a remote store, sends) a few
+  hundred bytes. The id is still the sha256 of the full canonical JSON, and ``get_manifest``
+  resolves chains transparently and verifies the result against the id. A chain holds at most
+  :data:`MAX_DELTA_CHAIN` deltas: the next manifest is stored in full (a rebase), which bounds
+  the files read to resolve one. Verified manifests are memoized in-process (by id, which names
+  content on every store), so resolving a delta on a recently used base costs only the delta.
+- In-place trees (:meth:`Store.update_tree`) are the mutable sibling of snapshots: one directory
+  brought from manifest to manifest by writing only the changed files (each atomically: a temp
+  file beside it and ``os.replace``) and removing deleted ones, with the marker rewritten last.
+  Before touching anything the target id is appended to a ``.hotpod-manifest.next`` note, so a
+  run cut short is repaired by the next one, whatever manifest that one asks for: the files in
+  question are those that differ between the marker's manifest, the noted ones and the new one,
+  and a file already at its new content is detected by size, mode and digest.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -39,22 +57,41 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _encode_str  # what json.dumps uses for str
 from pathlib import Path
-from typing import IO
+from types import MappingProxyType
+from typing import IO, Any
 
 from hotpod.errors import HotpodError
 
 MARKER = ".hotpod-manifest"
 """Name of the file inside a snapshot directory that records its manifest id."""
+PENDING = ".hotpod-manifest.next"
+"""Name of the file inside an in-place tree that lists the manifest ids an update is heading to."""
+RESERVED = frozenset({MARKER, PENDING})
+"""Top-level names a manifest may not use: they hold a tree's own bookkeeping."""
+
+MAX_DELTA_CHAIN = 16
+"""The most deltas between a stored manifest and the full manifest it is based on."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# a relative path is bad if it is absolute, has an empty, "." or ".." part, a backslash or a NUL
+_BAD_PATH = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\\\x00]")
 _CHUNK = 1 << 16  # small enough that tiny files cost no big allocation
 _MODES = (0o644, 0o755)
 _FORMAT_VERSION = 1
+_DELTA_VERSION = 2
+_RESOLVE_LIMIT = 4 * MAX_DELTA_CHAIN  # links followed before a chain is called corrupt (cycles)
+_MIN_ENTRY_JSON = len('"x":["' + "0" * 64 + '",420,0],')  # the shortest entry of a full manifest
+_TMP_PREFIX = ".hotpod-tmp-"
+_DELTA_HEAD = re.compile(rb'\{"base":"[0-9a-f]{64}","depth":([0-9]{1,4}),')
 
 
 class StoreError(HotpodError):
@@ -101,11 +138,22 @@ class FileEntry:
     size: int = 0
 
     def __post_init__(self) -> None:
-        check_digest(self.digest)
+        if type(self.digest) is not str or not _HEX64.fullmatch(self.digest):
+            check_digest(self.digest)  # raises, naming the digest
         if self.mode not in _MODES:
             raise StoreError(f"Invalid file mode {oct(self.mode)}: expected 0o644 or 0o755.")
-        if not isinstance(self.size, int) or self.size < 0:
+        if type(self.size) is not int or self.size < 0:
             raise StoreError(f"Invalid file size {self.size!r}: expected an int >= 0.")
+
+    @classmethod
+    def _unchecked(cls, digest: str, mode: int, size: int) -> FileEntry:
+        """An entry from values already known to be valid (a fresh hash, a checked cache)."""
+        entry = cls.__new__(cls)
+        fields = entry.__dict__
+        fields["digest"] = digest
+        fields["mode"] = mode
+        fields["size"] = size
+        return entry
 
     @staticmethod
     def mode_of(st_mode: int) -> int:
@@ -115,14 +163,7 @@ class FileEntry:
 
 def check_rel_path(path: str) -> str:
     """Return ``path`` if it is a relative, normalized POSIX path inside its root, else raise."""
-    bad = (
-        not isinstance(path, str)
-        or path.startswith("/")
-        or "\\" in path
-        or "\0" in path
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    )
-    if bad:
+    if not isinstance(path, str) or _BAD_PATH.search(path):
         raise StoreError(
             f"Invalid manifest path {path!r}: paths must be relative POSIX paths without "
             "'.', '..', empty parts or backslashes."
@@ -133,13 +174,13 @@ def check_rel_path(path: str) -> str:
 class Manifest(Mapping[str, FileEntry]):
     """An immutable mapping of relative POSIX path -> :class:`FileEntry`, named by :attr:`id`."""
 
-    __slots__ = ("_entries", "_id")
+    __slots__ = ("_digests", "_entries", "_id")
 
     def __init__(self, entries: Mapping[str, FileEntry] | Iterable[tuple[str, FileEntry]] = ()):
         items = dict(entries)
         for path, entry in items.items():
             check_rel_path(path)
-            if not isinstance(entry, FileEntry):
+            if type(entry) is not FileEntry and not isinstance(entry, FileEntry):
                 raise StoreError(f"Manifest entry for {path!r} is not a FileEntry: {entry!r}.")
         dirs: set[str] = set()
         for path in items:
@@ -152,6 +193,16 @@ class Manifest(Mapping[str, FileEntry]):
             raise StoreError(f"Manifest path {clash[0]!r} is both a file and a directory.")
         self._entries = dict(sorted(items.items()))
         self._id: str | None = None
+        self._digests: frozenset[str] | None = None
+
+    @classmethod
+    def _trusted(cls, entries: dict[str, FileEntry], *, sort: bool = True) -> Manifest:
+        """A manifest of ``entries`` known to be valid (skips the checks; sorts unless told)."""
+        manifest = cls.__new__(cls)
+        manifest._entries = dict(sorted(entries.items())) if sort else entries
+        manifest._id = None
+        manifest._digests = None
+        return manifest
 
     def __getitem__(self, path: str) -> FileEntry:
         return self._entries[path]
@@ -186,15 +237,53 @@ class Manifest(Mapping[str, FileEntry]):
 
     @property
     def digests(self) -> set[str]:
-        return {e.digest for e in self._entries.values()}
+        return set(self.digest_set)
+
+    @property
+    def entries(self) -> Mapping[str, FileEntry]:
+        """A read-only view of the entries (its ``get`` is a plain dict lookup)."""
+        return MappingProxyType(self._entries)
+
+    @property
+    def digest_set(self) -> frozenset[str]:
+        """The distinct digests, computed once."""
+        if self._digests is None:
+            self._digests = frozenset(e.digest for e in self._entries.values())
+        return self._digests
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, ``{"files": {path: [digest, mode, size]}}``."""
-        doc = {
-            "files": {p: [e.digest, e.mode, e.size] for p, e in self._entries.items()},
-            "version": _FORMAT_VERSION,
+        """Canonical JSON: sorted keys, no whitespace, ``{"files": {path: [digest, mode, size]}}``.
+
+        Written out by hand (the entries are kept sorted, digests are hex and modes and sizes
+        plain ints), which is twice as fast as ``json.dumps`` and gives the same text:
+        ``json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
+        """
+        files = ",".join(
+            [f'{_encode_str(p)}:["{e.digest}",{e.mode},{e.size}]' for p, e in self._entries.items()]
+        )
+        return f'{{"files":{{{files}}},"version":{_FORMAT_VERSION}}}'
+
+    def changes_since(self, base: Manifest) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
+        """What turns ``base`` into this manifest: (entries added or changed, paths removed)."""
+        theirs = base._entries
+        changed = {
+            path: entry
+            for path, entry in self._entries.items()
+            if (old := theirs.get(path)) is not entry and old != entry
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        mine = self._entries
+        removed = tuple(path for path in theirs if path not in mine)
+        return changed, removed
+
+    def with_changes(
+        self, changed: Mapping[str, FileEntry], removed: Iterable[str] = ()
+    ) -> Manifest:
+        """This manifest with ``changed`` entries set and ``removed`` paths dropped.
+
+        Only what changes is validated (new paths, entries, file/directory clashes), so deriving
+        a manifest costs O(changes) checks plus a copy. A removed path must be present.
+        """
+        return _apply(self, [(changed, removed)])
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
@@ -212,12 +301,130 @@ class Manifest(Mapping[str, FileEntry]):
             raise StoreError(f"Malformed manifest JSON: {exc}") from exc
 
 
+def _apply(
+    base: Manifest, steps: Iterable[tuple[Mapping[str, FileEntry], Iterable[str]]]
+) -> Manifest:
+    """``base`` with each step's (changed entries, removed paths) applied in turn."""
+    entries = dict(base._entries)
+    added: set[str] = set()
+    for changed, removed in steps:
+        for path in removed:
+            if entries.pop(path, None) is None:
+                raise StoreError(f"Cannot remove {path!r} from a manifest that has no such file.")
+            added.discard(path)
+        for path, entry in changed.items():
+            if path not in entries:
+                check_rel_path(path)
+                added.add(path)
+            if not isinstance(entry, FileEntry):
+                raise StoreError(f"Manifest entry for {path!r} is not a FileEntry: {entry!r}.")
+            entries[path] = entry
+    if not added:  # changes in place and removals keep the sorted order
+        return Manifest._trusted(entries, sort=False)
+    keys = sorted(entries)
+    for path in added:
+        parent = path.rpartition("/")[0]
+        while parent:
+            if parent in entries:
+                raise StoreError(f"Manifest path {parent!r} is both a file and a directory.")
+            parent = parent.rpartition("/")[0]
+        below = path + "/"
+        i = bisect.bisect_left(keys, below)
+        if i < len(keys) and keys[i].startswith(below):
+            raise StoreError(f"Manifest path {path!r} is both a file and a directory.")
+    return Manifest._trusted({k: entries[k] for k in keys}, sort=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# recently used manifests
+
+
+class _Memo:
+    """Verified manifests by id, least recently used dropped first (bounded by total entries).
+
+    Shared by every store in the process: a manifest id names content, not a place, so a manifest
+    verified once is the right answer for that id everywhere. Stores still check that they hold
+    the id before answering from here.
+    """
+
+    def __init__(self, max_manifests: int = 8, max_entries: int = 100_000) -> None:
+        self._items: OrderedDict[str, Manifest] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_manifests = max_manifests
+        self._max_entries = max_entries
+
+    def get(self, manifest_id: str) -> Manifest | None:
+        with self._lock:
+            manifest = self._items.get(manifest_id)
+            if manifest is not None:
+                self._items.move_to_end(manifest_id)
+            return manifest
+
+    def put(self, manifest: Manifest) -> None:
+        if len(manifest) > self._max_entries:
+            return
+        with self._lock:
+            self._items[manifest.id] = manifest
+            self._items.move_to_end(manifest.id)
+            total = sum(len(m) for m in self._items.values())
+            while len(self._items) > self._max_manifests or total > self._max_entries:
+                _, dropped = self._items.popitem(last=False)
+                total -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_MEMO = _Memo()
+
+
+def recent_manifest(manifest_id: str) -> Manifest | None:
+    """The manifest with ``manifest_id`` if this process stored or loaded it recently, else None.
+
+    It is verified (its content hashes to the id) but says nothing about which stores hold it.
+    """
+    return _MEMO.get(manifest_id)
+
+
 # ---------------------------------------------------------------------------------------------
 # the store seam
 
 
+@dataclass(frozen=True)
+class ManifestWrite:
+    """What storing a manifest wrote: its id, the bytes written (0 if the store already had it)
+    and the base id when it was stored as a delta (None when stored in full or already there)."""
+
+    manifest_id: str
+    bytes_written: int
+    base: str | None = None
+
+
+@dataclass(frozen=True)
+class TreeUpdate:
+    """What :meth:`Store.update_tree` did to a directory.
+
+    ``changed``: the new manifest's paths that were brought to their new content or mode (those
+    that differ from the previous manifest; every path the first time). ``removed``: the paths
+    deleted because the new manifest lacks them. ``previous_id``: the manifest the directory
+    held before, or None.
+    """
+
+    manifest_id: str
+    previous_id: str | None
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    seconds: float
+
+
 class Store(ABC):
     """Blobs by sha256 digest plus manifests by id. Subclasses implement storage and transport."""
+
+    @property
+    def identity(self) -> str:
+        """A stable name for this store, the same across processes (used to key caches)."""
+        return repr(self)
 
     @abstractmethod
     def missing(self, digests: Iterable[str]) -> set[str]:
@@ -240,12 +447,18 @@ class Store(ABC):
         """A binary file object reading the blob."""
 
     @abstractmethod
-    def put_manifest(self, manifest: Manifest) -> str:
+    def write_manifest(self, manifest: Manifest, base: str | None = None) -> ManifestWrite:
+        """Store ``manifest`` and say what was written; see :meth:`put_manifest`."""
+
+    def put_manifest(self, manifest: Manifest, base: str | None = None) -> str:
         """Store ``manifest``; return its id.
 
         Its blobs must already be stored: a store that has a manifest has all of its blobs, which
-        lets a repeat sync stop at ``has_manifest``.
+        lets a repeat sync stop at ``has_manifest``. With ``base``, the id of a stored manifest
+        (typically the previous version of the same tree), the manifest may be stored as a delta
+        on it: what changed and what was removed, when that is smaller.
         """
+        return self.write_manifest(manifest, base).manifest_id
 
     @abstractmethod
     def get_manifest(self, manifest_id: str) -> Manifest:
@@ -362,6 +575,236 @@ class Store(ABC):
                 )
             os.chmod(target, entry.mode)
 
+    def update_tree(self, manifest_id: str, dest: Path) -> TreeUpdate:
+        """Bring the directory ``dest`` to the manifest in place; say what changed.
+
+        Unlike :meth:`materialize`, ``dest`` is one mutable directory: only the files that differ
+        from the manifest it holds (named by its ``.hotpod-manifest`` marker) are written, each
+        atomically (a temp file beside it, its mode, ``os.replace``), so a reader sees either the
+        old or the new file; then files the new manifest lacks are removed, with directories
+        left empty (or holding only ``__pycache__``), and the marker is rewritten last. Stale
+        bytecode of changed and removed modules is dropped. Files are copied from blobs, never
+        linked, so writes to them cannot reach the store.
+
+        Without a marker (the first time), every file is written; what else ``dest`` holds is
+        left alone, as by ``COPY`` into an existing directory. Only files of manifests it
+        held are ever removed: if the store no longer has the marker's manifest, every file is
+        checked and rewritten as needed, but files that manifest alone had cannot be told from
+        others' and stay. Calling it again is a no-op, and a run cut short (crash, error) is
+        completed or redirected by the next call: see the module docstring. Beyond comparing
+        manifests, the work is proportional to the files that changed. One caller at a time
+        per directory.
+        """
+        t0 = time.perf_counter()
+        check_digest(manifest_id, "manifest id")
+        dest = Path(dest)
+        current = read_marker(dest)
+        pending = _read_pending(dest)
+        if current == manifest_id and all(p == manifest_id for p in pending):
+            if pending:
+                _unlink(str(dest / PENDING))
+            return TreeUpdate(manifest_id, current, (), (), time.perf_counter() - t0)
+        # the old one first: the new one is likely a delta on it, then resolved from memory
+        old = Manifest() if current is None else self._known(current)
+        noted = [self._known(i) for i in pending if i not in (current, manifest_id)]
+        new = self.get_manifest(manifest_id)
+        reserved = RESERVED.intersection(new)
+        if reserved:
+            raise StoreError(
+                f"Manifest {manifest_id} contains the reserved path {min(reserved)!r}."
+            )
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StoreError(
+                f"Cannot update {dest} to manifest {manifest_id}: it is not a directory."
+            ) from None
+        _write_pending(dest, [*pending, manifest_id])
+
+        # A path needs writing if it may hold anything but its new content: it differs from the
+        # new manifest in the marker's manifest or in one an unfinished run was heading to.
+        todo: list[str]
+        gone: list[str]
+        befores = [m for m in (old, *noted) if m is not None]
+        diffs = [new.changes_since(m) for m in befores]
+        unknown = len(befores) < 1 + len(noted)  # a manifest no longer in the store
+        if unknown:
+            todo = list(new)  # any file may be anything: each is checked
+            gone = sorted({p for _, removed in diffs for p in removed})
+        elif len(diffs) == 1:
+            todo, gone = list(diffs[0][0]), list(diffs[0][1])
+        else:
+            todo = sorted({p for changed, _ in diffs for p in changed})
+            gone = sorted({p for _, removed in diffs for p in removed})
+        resuming = bool(pending) or unknown
+        if resuming:
+            _drop_temps(dest, [*todo, *gone])
+        made: set[str] = set()
+        for path in todo:
+            entry = new[path]
+            if resuming and _holds(dest / path, entry):
+                continue
+            self._place(dest, path, entry, made)
+        for path in gone:
+            _remove(dest, path)
+        _prune(dest, gone)
+        _atomic_write(dest / MARKER, manifest_id.encode(), mode=0o644)
+        _unlink(str(dest / PENDING))
+        return TreeUpdate(manifest_id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
+
+    def _known(self, manifest_id: str) -> Manifest | None:
+        """The manifest if the store has it, else None."""
+        try:
+            return self.get_manifest(manifest_id) if self.has_manifest(manifest_id) else None
+        except StoreError:
+            return None
+
+    def _place(self, root: Path, path: str, entry: FileEntry, made: set[str]) -> None:
+        """Write one file of an in-place tree atomically, replacing whatever is at its path."""
+        parent_rel, _, name = path.rpartition("/")
+        parent = _ensure_dir(root, parent_rel, made)
+        target = parent / name
+        try:
+            if stat.S_ISDIR(os.lstat(target).st_mode):  # the new manifest makes it a file
+                shutil.rmtree(target)
+        except FileNotFoundError:
+            pass
+        tmp = parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self.copy_blob(entry.digest, tmp)
+            size = os.stat(tmp).st_size
+            if size != entry.size:
+                raise StoreError(
+                    f"Blob {entry.digest} for {path!r} has {size} bytes; the manifest says "
+                    f"{entry.size}. The store is corrupt; remove the blob and sync again."
+                )
+            os.chmod(tmp, entry.mode)
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink(str(tmp))
+            raise
+        if name.endswith(".py"):
+            _drop_bytecode(parent, name[:-3])
+
+
+def _read_pending(tree: Path) -> list[str]:
+    try:
+        text = (Path(tree) / PENDING).read_text()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line for line in text.split() if _HEX64.fullmatch(line)]
+
+
+def _write_pending(tree: Path, ids: list[str]) -> None:
+    _atomic_write(tree / PENDING, "\n".join(dict.fromkeys(ids)).encode(), mode=0o644)
+
+
+def _holds(target: Path, entry: FileEntry) -> bool:
+    """Whether ``target`` is a regular file with the entry's size, mode and content."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == entry.size
+        and stat.S_IMODE(st.st_mode) == entry.mode
+        and hash_file(target) == entry.digest
+    )
+
+
+def _ensure_dir(root: Path, rel: str, made: set[str]) -> Path:
+    """``root / rel`` as a real directory: created, or replacing a file or link in the way."""
+    if not rel:
+        return root
+    here = root / rel
+    if rel in made:
+        return here
+    so_far = ""
+    step = root
+    for part in rel.split("/"):
+        so_far = f"{so_far}/{part}" if so_far else part
+        step = step / part
+        if so_far in made:
+            continue
+        try:
+            if not stat.S_ISDIR(os.lstat(step).st_mode):
+                os.unlink(step)
+                os.mkdir(step)
+        except FileNotFoundError:
+            os.mkdir(step)
+        made.add(so_far)
+    return here
+
+
+def _remove(root: Path, path: str) -> None:
+    """Remove a file the new manifest lacks; a directory now at its path belongs to the new one."""
+    target = root / path
+    try:
+        if stat.S_ISDIR(os.lstat(target).st_mode):
+            return
+        os.unlink(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if path.endswith(".py"):
+        _drop_bytecode(target.parent, target.name[:-3])
+
+
+def _prune(root: Path, removed: Iterable[str]) -> None:
+    """Remove the directories of ``removed`` paths that are now empty (or hold only bytecode)."""
+    dirs: set[str] = set()
+    for path in removed:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    for rel in sorted(dirs, key=lambda d: (-d.count("/"), d)):  # deepest first
+        here = root / rel
+        try:
+            os.rmdir(here)
+            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            pass
+        try:
+            if os.listdir(here) != ["__pycache__"]:
+                continue
+            shutil.rmtree(here / "__pycache__")
+            os.rmdir(here)
+        except OSError:
+            continue
+
+
+def _drop_bytecode(directory: Path, stem: str) -> None:
+    """Delete ``__pycache__/<stem>.*.pyc``: a rewrite within the same second and of the same size
+    would otherwise leave bytecode that Python's mtime+size check still takes as current."""
+    cache = directory / "__pycache__"
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return
+    prefix = stem + "."
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".pyc")):
+            continue
+        parts = name[len(prefix) : -4].split(".")  # "cpython-311" or "cpython-311", "opt-1"
+        if len(parts) == 1 or (len(parts) == 2 and parts[1].startswith("opt-")):
+            _unlink(str(cache / name))
+
+
+def _drop_temps(root: Path, paths: Iterable[str]) -> None:
+    """Delete temp files a run cut short left in the directories of ``paths``."""
+    for rel in {p.rpartition("/")[0] for p in paths}:
+        here = root / rel if rel else root
+        try:
+            names = os.listdir(here)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(_TMP_PREFIX):
+                _unlink(str(here / name))
+
 
 def read_marker(snapshot: Path) -> str | None:
     """The manifest id recorded in ``snapshot``'s marker, or None if it is not a snapshot."""
@@ -401,6 +844,10 @@ class LocalStore(Store):
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
+    @property
+    def identity(self) -> str:
+        return f"local:{self.root}"
+
     def blob_path(self, digest: str) -> Path:
         """Where the blob lives (whether or not it exists)."""
         check_digest(digest)
@@ -410,7 +857,15 @@ class LocalStore(Store):
         return self.blob_path(digest).is_file()
 
     def missing(self, digests: Iterable[str]) -> set[str]:
-        return {d for d in set(digests) if not self.has_blob(d)}
+        blobs = str(self._blobs)
+        isfile = os.path.isfile
+        lacking = set()
+        for digest in set(digests):
+            if type(digest) is not str or not _HEX64.fullmatch(digest):
+                check_digest(digest)  # raises
+            if not isfile(f"{blobs}/{digest[:2]}/{digest}"):
+                lacking.add(digest)
+        return lacking
 
     def put_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
@@ -469,41 +924,145 @@ class LocalStore(Store):
         check_digest(manifest_id, "manifest id")
         return self._manifests / f"{manifest_id}.json"
 
-    def put_manifest(self, manifest: Manifest) -> str:
-        target = self._manifest_path(manifest.id)
-        if not target.exists():
-            lacking = self.missing(manifest.digests)
-            if lacking:
-                raise StoreError(
-                    f"Cannot store manifest {manifest.id}: {len(lacking)} of its blobs are not "
-                    f"in the store (e.g. {min(lacking)}). Upload the files first."
-                )
-            _atomic_write(target, manifest.to_json().encode(), mode=0o444)
-        return manifest.id
+    def write_manifest(self, manifest: Manifest, base: str | None = None) -> ManifestWrite:
+        manifest_id = manifest.id
+        target = self._manifest_path(manifest_id)
+        if target.exists():
+            return ManifestWrite(manifest_id, 0)
+        data: bytes | None = None
+        needed: Iterable[str] = ()
+        if base is not None and check_digest(base, "manifest id") != manifest_id:
+            delta = self._delta(manifest, base)
+            if delta is not None:
+                data, needed = delta
+        if data is None:
+            base = None
+            data, needed = manifest.to_json().encode(), manifest.digests
+        lacking = self.missing(needed)  # a delta's base has all of its own blobs already
+        if lacking:
+            raise StoreError(
+                f"Cannot store manifest {manifest_id}: {len(lacking)} of its blobs are not "
+                f"in the store (e.g. {min(lacking)}). Upload the files first."
+            )
+        _atomic_write(target, data, mode=0o444)
+        _MEMO.put(manifest)
+        return ManifestWrite(manifest_id, len(data), base)
+
+    def _delta(self, manifest: Manifest, base: str) -> tuple[bytes, set[str]] | None:
+        """The delta encoding of ``manifest`` on ``base`` and the digests it adds, if the base is
+        stored, the chain is not too long yet and the delta is smaller than the full manifest."""
+        depth = self._depth(base)
+        if depth is None or depth >= MAX_DELTA_CHAIN:
+            return None  # not stored (or unreadable), or time to rebase
+        try:
+            base_manifest = self.get_manifest(base)
+        except StoreError:
+            return None
+        changed, removed = manifest.changes_since(base_manifest)
+        doc = {
+            "base": base,
+            "depth": depth + 1,
+            "removed": list(removed),
+            "set": {p: [e.digest, e.mode, e.size] for p, e in changed.items()},
+            "version": _DELTA_VERSION,
+        }
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        # every full entry takes at least _MIN_ENTRY_JSON bytes: encode the full one only if close
+        if len(data) >= _MIN_ENTRY_JSON * len(manifest) and len(data) >= len(
+            manifest.to_json().encode()
+        ):
+            return None
+        return data, {e.digest for e in changed.values()}
+
+    def _depth(self, manifest_id: str) -> int | None:
+        """How many deltas lie between the stored manifest and a full one (0: it is full);
+        None if it is not stored or not readable. Reads only the head of the file."""
+        try:
+            with open(self._manifest_path(manifest_id), "rb") as f:
+                head = f.read(160)
+        except OSError:
+            return None
+        if head.startswith(b'{"files":'):
+            return 0
+        match = _DELTA_HEAD.match(head)
+        return int(match.group(1)) if match else None
 
     def has_manifest(self, manifest_id: str) -> bool:
         return self._manifest_path(manifest_id).is_file()
 
     def get_manifest(self, manifest_id: str) -> Manifest:
-        try:
-            data = self._manifest_path(manifest_id).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(
-                f"Manifest {manifest_id} is not in the store at {self.root}. "
-                "Sync the code again (it uploads the manifest) and retry."
-            ) from None
-        manifest = Manifest.from_json(data)
+        path = self._manifest_path(manifest_id)
+        memo = _MEMO.get(manifest_id)
+        if memo is not None and path.is_file():
+            return memo
+        deltas: list[dict[str, Any]] = []
+        wanted = manifest_id
+        while True:
+            memo = _MEMO.get(wanted) if deltas else None
+            if memo is not None and path.is_file():
+                base = memo
+                break
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                if not deltas:
+                    raise StoreError(
+                        f"Manifest {manifest_id} is not in the store at {self.root}. "
+                        "Sync the code again (it uploads the manifest) and retry."
+                    ) from None
+                raise StoreError(
+                    f"Manifest {manifest_id} is stored as a delta on manifest {wanted}, which is "
+                    f"not in the store at {self.root}. Sync the code again and retry."
+                ) from None
+            if not data.startswith(b'{"base":'):
+                base = Manifest.from_json(data)
+                if deltas:  # a base of a chain: worth remembering, once verified
+                    if base.id != wanted:
+                        raise StoreError(
+                            f"Manifest {wanted} is corrupt: its content has id {base.id}."
+                        )
+                    _MEMO.put(base)
+                break
+            doc = _parse_delta(data, wanted)
+            deltas.append(doc)
+            if len(deltas) > _RESOLVE_LIMIT:
+                raise StoreError(
+                    f"Manifest {manifest_id} is corrupt: its delta chain is longer than "
+                    f"{_RESOLVE_LIMIT} links (or loops)."
+                )
+            wanted = doc["base"]
+            path = self._manifest_path(wanted)
+        manifest = _apply(base, [(d["set"], d["removed"]) for d in reversed(deltas)])
         if manifest.id != manifest_id:
             raise StoreError(
                 f"Manifest {manifest_id} is corrupt: its content has id {manifest.id}."
             )
+        _MEMO.put(manifest)
         return manifest
+
+
+def _parse_delta(data: bytes, manifest_id: str) -> dict[str, Any]:
+    """A delta document with its entries as :class:`FileEntry` objects, or :class:`StoreError`."""
+    try:
+        doc = json.loads(data)
+        if doc.get("version") != _DELTA_VERSION:
+            raise StoreError(f"unsupported manifest delta version {doc.get('version')!r}")
+        return {
+            "base": check_digest(doc["base"], "manifest id"),
+            "removed": [check_rel_path(p) for p in doc["removed"]],
+            "set": {
+                path: FileEntry(digest, mode, size)
+                for path, (digest, mode, size) in doc["set"].items()
+            },
+        }
+    except (ValueError, TypeError, KeyError, AttributeError, StoreError) as exc:
+        raise StoreError(f"Manifest {manifest_id} is corrupt: malformed delta ({exc}).") from None
 
 
 def _atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``target`` via a temp file in its directory and ``os.replace``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = str(target.parent / f".tmp-{uuid.uuid4().hex}")
+    tmp_name = str(target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}")
     try:
         with open(tmp_name, "xb") as f:
             f.write(data)
@@ -523,14 +1082,20 @@ def _unlink(name: str) -> None:
 
 __all__ = [
     "MARKER",
+    "MAX_DELTA_CHAIN",
+    "PENDING",
+    "RESERVED",
     "FileEntry",
     "LocalStore",
     "Manifest",
+    "ManifestWrite",
     "Store",
     "StoreError",
+    "TreeUpdate",
     "check_digest",
     "check_rel_path",
     "hash_bytes",
     "hash_file",
     "read_marker",
+    "recent_manifest",
 ]
