@@ -155,14 +155,15 @@ def test_pod_template_change_replaces_pods_one_at_a_time(hotpod_home):
     first = kt.fn(ic.worker_pid, name="rolling").to(kt.Compute(cpus="0.5", replicas=2))
     before = first()
     seen: list[list[int]] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             try:
                 seen.append(first())
-            except kt.HotpodError:
-                pass
+            except kt.HotpodError as exc:
+                failures.append(exc)
             time.sleep(0.01)
 
     t = threading.Thread(target=watch)
@@ -178,3 +179,37 @@ def test_pod_template_change_replaces_pods_one_at_a_time(hotpod_home):
     assert set(after).isdisjoint(before)  # every pod was replaced
     mixed = [s for s in seen if s[0] != before[0] and s[1] == before[1]]
     assert mixed, "pod 0 was replaced while pod 1 still served: one at a time"
+    assert failures == [], [str(f.errors) for f in failures]  # rollout calls waited
+
+
+def test_calls_keep_succeeding_while_the_worker_is_replaced(hotpod_home, tmp_path):
+    w1 = make_wheel(tmp_path / "w1", "hp_pkg_delta", "1.0", "VERSION = '1.0'\n")
+    w2 = make_wheel(tmp_path / "w2", "hp_pkg_delta", "2.0", "VERSION = '2.0'\n")
+    compute = kt.Compute(
+        cpus="0.5", env_vars=NO_INDEX, image=kt.Image("python:3.11").pip_install([str(w1)])
+    )
+    holder = kt.cls(ic.Holder, name="swap").to(compute, init_args=["hp_pkg_delta"])
+    versions: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(holder.version()[0])
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        upgraded = compute.replace(image=compute.image.pip_install([str(w2)]))
+        kt.cls(ic.Holder, name="swap").to(upgraded, init_args=["hp_pkg_delta"])
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == [], failures[:3]
+    assert versions[0] == "1.0" and versions[-1] == "2.0"

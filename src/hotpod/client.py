@@ -212,11 +212,17 @@ class PodClient:
         what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
         if pod.name in self._suspect:
             self._await_pod(pod, what, start, deadline)
+        retried = False
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 resp = self._transport.request(pod.url, path, body, headers, remaining)
                 break
+            except transport.Broken as exc:
+                if exc.unanswered and not retried:  # closed by a stopping server: never read
+                    retried = True
+                    continue
+                raise self._broken(what, pod, exc) from None
             except transport.Unreachable as exc:
                 # nothing was sent: the pod is (re)starting; wait for it within the window
                 waited = time.monotonic() - start
@@ -229,8 +235,6 @@ class PodClient:
                 time.sleep(0.05)
             except transport.TimedOut:
                 raise self._timeout(what, opts) from None
-            except transport.Broken as exc:
-                raise self._broken(what, pod, exc) from None
         try:
             if resp.status != 200:
                 data = resp.read()

@@ -14,10 +14,15 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httptools
+
+#: a pooled connection that closes unanswered this soon after a request was written was closed
+#: by the server while idle (it never read the request); sooner than any work could have begun
+IDLE_CLOSE_WINDOW = 0.1
 
 
 class Unreachable(Exception):
@@ -25,7 +30,14 @@ class Unreachable(Exception):
 
 
 class Broken(Exception):
-    """The connection failed after the request was sent."""
+    """The connection failed after the request was sent.
+
+    ``unanswered`` is set when the connection closed without a byte of answer right after the
+    request was written: a server shutting down gracefully closed it while idle, or reset it
+    from its accept queue, so the request was never read.
+    """
+
+    unanswered = False
 
 
 class TimedOut(Exception):
@@ -65,6 +77,7 @@ class Response:
         self._headers_done = False
         self._complete = False
         self._keep_alive = False
+        self.received = False
         self.status = 0
 
     # httptools callbacks
@@ -91,15 +104,20 @@ class Response:
     def _feed(self) -> None:
         try:
             data = self._conn.sock.recv(65536)
+            self.received = self.received or bool(data)
         except TimeoutError as exc:
+            self._conn.close()
             raise TimedOut(str(exc) or "timed out") from None
         except OSError as exc:
+            self._conn.close()
             raise Broken(f"{type(exc).__name__}: {exc}") from None
         if not data:
+            self._conn.close()
             raise Broken("the server closed the connection")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._conn.close()
             raise Broken(f"malformed HTTP response: {exc}") from None
 
     def _start(self) -> None:
@@ -179,17 +197,23 @@ class Transport:
             idle[(host, port)] = c
 
         resp = Response(conn, release)
+        sent = 0.0
         try:
             conn.sock.settimeout(timeout)
             conn.sock.sendall(b"".join(head) + body)
+            sent = time.monotonic()
             resp._start()
         except TimeoutError as exc:
             conn.close()
             raise TimedOut(str(exc) or "timed out") from None
-        except OSError as exc:
+        except (OSError, Broken) as exc:
             conn.close()
-            raise Broken(f"{type(exc).__name__}: {exc}") from None
-        except (Broken, TimedOut):
+            broken = exc if isinstance(exc, Broken) else Broken(f"{type(exc).__name__}: {exc}")
+            broken.unanswered = not resp.received and (
+                not sent or time.monotonic() - sent < IDLE_CLOSE_WINDOW
+            )
+            raise broken from None
+        except TimedOut:
             conn.close()
             raise
         return resp

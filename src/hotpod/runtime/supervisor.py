@@ -169,6 +169,9 @@ class Supervisor:
             now = time.monotonic()
             if self.stopping and stop_deadline is None:
                 stop_deadline = now + 5
+                # refuse new connections at once (clients wait for the pod to come back),
+                # rather than queue them on a socket no worker will accept from again
+                self.sock.close()
                 for w in (self.current, self.successor, *self.retiring):
                     if w is not None and w.proc.poll() is None:
                         w.proc.send_signal(signal.SIGTERM)

@@ -232,7 +232,11 @@ class Controller:
 
     async def stop_pod(self, pod: Pod) -> None:
         pod.status = "stopped"
-        self._signal_group(pod, signal.SIGTERM)
+        try:  # the supervisor stops its workers in order: no new connections, then drain
+            if pod.pid is not None:
+                os.kill(pod.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         deadline = time.monotonic() + STOP_GRACE
         while pod.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
