@@ -286,5 +286,28 @@ def dockerfile(target: str, output: Path | None) -> None:
     )
 
 
+@main.command()
+@click.argument("name")
+@click.option("--pod", help="The pod whose session to attach to (default: the first waiting).")
+def debug(name: str, pod: str | None) -> None:
+    """Attach this terminal to a breakpoint() waiting in a service's remote code."""
+    from hotpod.debugger import attach_service
+
+    try:
+        attached = attach_service(name, pod)
+    except HotpodError as exc:
+        _fail(exc)
+    if not attached:
+        _fail(
+            HotpodError(
+                f"no breakpoint() is waiting on {name!r}"
+                + (f" pod {pod!r}" if pod else "")
+                + "; one waits while a call stops at it (see 'hotpod logs "
+                + name
+                + "')"
+            )
+        )
+
+
 if __name__ == "__main__":
     main()

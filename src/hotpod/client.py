@@ -47,12 +47,29 @@ class CallOptions:
 
     ``timeout``: seconds for the whole call (None: no limit); ``serialization``: ``"auto"``
     (JSON when the values survive it unchanged, else pickle), ``"json"`` or ``"pickle"``;
-    ``stream_logs``: print the call's output here as it happens.
+    ``stream_logs``: print the call's output here as it happens; ``debug_rank``: with several
+    pods, only this rank stops at ``breakpoint()`` (the others skip theirs); ``post_mortem``: a
+    debugger session on the frame that raised when the call fails; ``debugger``: ``"pdb"`` (in
+    this terminal, or ``hotpod debug``) or ``"debugpy"`` (an IDE attaches).
     """
 
     timeout: float | None = None
     serialization: str = "auto"
     stream_logs: bool = True
+    debug_rank: int | None = None
+    post_mortem: bool = False
+    debugger: str = "pdb"
+
+    def debug_header(self) -> str | None:
+        """The X-Hotpod-Debug value, or None when every option is at its default."""
+        parts = []
+        if self.debug_rank is not None:
+            parts.append(f"rank={self.debug_rank}")
+        if self.post_mortem:
+            parts.append("post_mortem=1")
+        if self.debugger != "pdb":
+            parts.append(f"debugger={self.debugger}")
+        return ";".join(parts) or None
 
     def __post_init__(self) -> None:
         from hotpod.errors import SpecError
@@ -70,6 +87,18 @@ class CallOptions:
             )
         if not isinstance(self.stream_logs, bool):
             raise SpecError(f"stream_logs={self.stream_logs!r}: expected True or False")
+        if self.debug_rank is not None and (
+            isinstance(self.debug_rank, bool)
+            or not isinstance(self.debug_rank, int)
+            or self.debug_rank < 0
+        ):
+            raise SpecError(
+                f"debug_rank={self.debug_rank!r}: expected a rank (an int >= 0) or None"
+            )
+        if not isinstance(self.post_mortem, bool):
+            raise SpecError(f"post_mortem={self.post_mortem!r}: expected True or False")
+        if self.debugger not in ("pdb", "debugpy"):
+            raise SpecError(f"debugger={self.debugger!r}: expected 'pdb' or 'debugpy'")
 
 
 _print_lock = threading.Lock()
@@ -207,6 +236,9 @@ class PodClient:
         }
         if opts.stream_logs:
             headers[wire.HEADER_STREAM_LOGS] = "1"
+        debug = opts.debug_header()
+        if debug:
+            headers[wire.HEADER_DEBUG] = debug
         start = time.monotonic()
         deadline = start + opts.timeout if opts.timeout else None
         what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
@@ -307,6 +339,11 @@ class PodClient:
                     outcome = (True, wire.decode_result(kind, payload))
                 elif kind == wire.FRAME_EXC:
                     pickled_exc = payload
+                elif kind == wire.FRAME_DEBUG:
+                    from hotpod.debugger import attach_announced
+
+                    resp.set_timeout(None)  # a person is debugging: no deadline meanwhile
+                    attach_announced(json.loads(payload), self._headers["Authorization"][7:])
                 elif kind == wire.FRAME_ERROR:
                     outcome = (False, rebuild_error(json.loads(payload), pickled_exc))
                 else:

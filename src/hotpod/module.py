@@ -7,6 +7,7 @@ import time still imports cleanly there.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -66,16 +67,12 @@ class _Remote:
         return self._options
 
     def _with(self, **options: Any) -> dict[str, Any]:
-        current = {
-            "timeout": self._options.timeout,
-            "serialization": self._options.serialization,
-            "stream_logs": self._options.stream_logs,
-        }
+        current = dataclasses.asdict(self._options)
         unknown = set(options) - set(current)
         if unknown:
             raise SpecError(
-                f"unknown call option(s) {sorted(unknown)}: expected timeout=, serialization=, "
-                "stream_logs="
+                f"unknown call option(s) {sorted(unknown)}: expected "
+                + ", ".join(f"{k}=" for k in current)
             )
         current.update(options)
         return current
@@ -110,8 +107,11 @@ class RemoteFn(_Remote, Generic[P, R]):
         timeout: float | Any | None = ...,
         serialization: str | Any = ...,
         stream_logs: bool | Any = ...,
+        debug_rank: int | Any | None = ...,
+        post_mortem: bool | Any = ...,
+        debugger: str | Any = ...,
     ) -> RemoteFn[P, R]:
-        """A handle to the same service with other call options."""
+        """A handle to the same service with other call options (see :class:`CallOptions`)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
         return RemoteFn(self._service, self._client, CallOptions(**self._with(**given)))
 
@@ -148,8 +148,11 @@ class RemoteCls(_Remote, Generic[T]):
         timeout: float | Any | None = ...,
         serialization: str | Any = ...,
         stream_logs: bool | Any = ...,
+        debug_rank: int | Any | None = ...,
+        post_mortem: bool | Any = ...,
+        debugger: str | Any = ...,
     ) -> RemoteCls[T]:
-        """A handle to the same service with other call options."""
+        """A handle to the same service with other call options (see :class:`CallOptions`)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
         return RemoteCls(self._service, self._client, CallOptions(**self._with(**given)))
 

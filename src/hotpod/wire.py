@@ -15,6 +15,7 @@ Frame types::
     P  the result, pickle (protocol 5)
     X  the exception, pickled (best effort; precedes E)
     E  the error, JSON: type, message, traceback, pod, rank
+    D  a debugger session waits (``breakpoint()``): JSON host, port, pod, rank, location
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ HEADER_PROTOCOL = "x-hotpod-protocol"
 HEADER_REQUEST_ID = "x-hotpod-request-id"
 HEADER_STREAM_LOGS = "x-hotpod-stream-logs"
 HEADER_ACCEPT = "x-hotpod-accept"
+HEADER_DEBUG = "x-hotpod-debug"
 
 CT_JSON = "application/json"
 CT_PICKLE = "application/vnd.hotpod.pickle"
@@ -44,6 +46,7 @@ FRAME_JSON = b"J"
 FRAME_PICKLE = b"P"
 FRAME_EXC = b"X"
 FRAME_ERROR = b"E"
+FRAME_DEBUG = b"D"  # a debugger session waits on the pod: JSON host, port, pod, location
 
 _HEAD = struct.Struct(">cI")
 HEAD_SIZE = _HEAD.size

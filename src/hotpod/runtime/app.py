@@ -7,6 +7,7 @@ Endpoints::
     POST /call/{method}     call a method of the service's instance
     POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
     GET  /_hotpod/info      what the pod serves
+    GET  /_hotpod/debug     debugger sessions waiting for a client (``hotpod debug``)
 
 Sync user code runs on call threads (``threads``), async user code on the event loop; the call path does not
 poll. Nothing a client sends can crash the server: every bad request gets a 4xx with a message.
@@ -30,7 +31,7 @@ from typing import Any, TextIO
 
 from hotpod import wire
 from hotpod.errors import ProtocolError
-from hotpod.runtime import logs
+from hotpod.runtime import debug, logs
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
 from hotpod.runtime.threads import CallThreads
@@ -233,13 +234,16 @@ class PodApp:
             await _send_json(send, 200, self._health())
             return
         is_call = path == "/call" or path.startswith("/call/")
-        if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info"):
+        if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info", "/_hotpod/debug"):
             raise HTTPError(404, f"no endpoint {path}; calls go to POST /call or /call/METHOD")
         self._check_auth(scope)
         self._check_protocol(scope)
-        if path == "/_hotpod/info":
+        if path in ("/_hotpod/info", "/_hotpod/debug"):
             if method not in ("GET", "HEAD"):
                 raise HTTPError(405, f"use GET {path}")
+            if path == "/_hotpod/debug":  # the debugger sessions waiting on this pod
+                await _send_bytes(send, 200, debug.session_json(), wire.CT_JSON)
+                return
             await _send_json(send, 200, self._info())
             return
         if method != "POST":
@@ -415,13 +419,35 @@ class PodApp:
                 )
             target = partial(lambda v: v, value)
 
-        if not stream:
-            await _send_bytes(
-                send, 200, await self._invoke(target, args, kwargs, accept, log), wire.CT_FRAMES
-            )
-            return
-        assert queue is not None
-        await self._stream(send, queue, self._invoke(target, args, kwargs, accept, log))
+        debugging = debug.current.set(self._call_debug(scope, request_id, log, loop, queue))
+        try:
+            if not stream:
+                payload = await self._invoke(target, args, kwargs, accept, log)
+                await _send_bytes(send, 200, payload, wire.CT_FRAMES)
+                return
+            assert queue is not None
+            await self._stream(send, queue, self._invoke(target, args, kwargs, accept, log))
+        finally:
+            debug.current.reset(debugging)
+
+    def _call_debug(
+        self,
+        scope: Scope,
+        request_id: str,
+        log: logs.CallLog,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[object] | None,
+    ) -> debug.CallDebug:
+        """How this call's breakpoints announce a waiting debugger session."""
+
+        def announce(info: dict[str, Any], line: str) -> None:  # from the call's thread
+            log.write("stderr", f"hotpod: {line}\n")
+            if queue is not None:
+                data = wire.frame(wire.FRAME_DEBUG, json.dumps(info).encode())
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        options = debug.DebugOptions.parse(_header(scope, b"x-hotpod-debug"))
+        return debug.CallDebug(options, announce, request_id)
 
     async def _stream(
         self, send: Send, queue: asyncio.Queue[object], work: Awaitable[bytes]
@@ -522,6 +548,8 @@ class PodApp:
                 result = asyncio.run(_await(result))
             return wire.encode_result(result, accept)
         except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
+            log.flush()
+            debug.post_mortem(exc)  # when the call asked for it: a session on the failing frame
             return self._error_frames(exc)
         finally:
             log.flush()

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from hotpod.runtime import logs
+    from hotpod.runtime import debug, logs
     from hotpod.runtime.app import PodApp, PodState
     from hotpod.runtime.setup import activate
     from hotpod.store import LocalStore
@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     if venv is not None and (venv / "bin" / "python").exists():
         activate(venv)  # packages the service's pip steps installed come first
     pod_log = logs.install()
+    debug.install(
+        token,
+        env.get("HOTPOD_POD_NAME", "pod"),
+        int(env.get("HOTPOD_RANK", "0")),
+        env.get("HOTPOD_SERVICE", ""),
+        env.get("HOTPOD_HOST", "127.0.0.1"),
+    )
     state = PodState(
         pod=env.get("HOTPOD_POD_NAME", "pod"),
         rank=int(env.get("HOTPOD_RANK", "0")),
