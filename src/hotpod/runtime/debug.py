@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
 
-ACCEPT_TIMEOUT = 3600.0  # a session nobody attaches to gives up after an hour
+#: a session nobody attaches to gives up after this many seconds (the call then goes on)
+ACCEPT_TIMEOUT = float(os.environ.get("HOTPOD_DEBUG_WAIT", "600"))
 
 Announce = Callable[[dict[str, Any], str], None]
 
