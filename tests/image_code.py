@@ -32,3 +32,7 @@ class Holder:
 
     def version(self):
         return self.module.VERSION, os.getpid()
+
+
+def cwd():
+    return os.getcwd()

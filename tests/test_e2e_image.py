@@ -78,6 +78,9 @@ def test_run_bash_copy_workdir_sync_package_and_env(hotpod_home, tmp_path):
     remote = kt.fn(ic.read, name="steps").to(kt.Compute(cpus="0.5", image=image))
     assert remote("/app/configs/app.yaml") == "lr: 0.1\n"
     assert remote("/app/stage.txt") == "test\n"
+    assert (
+        kt.fn(ic.cwd, name="steps-cwd").to(kt.Compute(cpus="0.5", image=image))().endswith("/app")
+    )  # the image's WORKDIR is the code's working directory
     assert kt.fn(ic.versions, name="steps").to(kt.Compute(cpus="0.5", image=image))(
         "hp_synced_pkg"
     ) == {"hp_synced_pkg": "synced 1"}
@@ -91,15 +94,19 @@ def test_upgrading_an_imported_package_restarts_the_worker(hotpod_home, tmp_path
     w1 = make_wheel(tmp_path / "w1", "hp_pkg_gamma", "1.0", "VERSION = '1.0'\n")
     w2 = make_wheel(tmp_path / "w2", "hp_pkg_gamma", "2.0", "VERSION = '2.0'\n")
     compute = kt.Compute(
-        cpus="0.5", env_vars=NO_INDEX, image=kt.Image("python:3.11").pip_install([str(w1)])
+        cpus="0.5",
+        replicas=2,
+        env_vars=NO_INDEX,
+        image=kt.Image("python:3.11").pip_install([str(w1)]),
     )
     holder = kt.cls(ic.Holder, name="upgrade").to(compute, init_args=["hp_pkg_gamma"])
-    version, pid = holder.version()
-    assert version == "1.0"
+    before = holder.version()
+    assert [v for v, _ in before] == ["1.0", "1.0"]
     compute = compute.replace(image=compute.image.pip_install([str(w2)]))
     holder = kt.cls(ic.Holder, name="upgrade").to(compute, init_args=["hp_pkg_gamma"])
-    version, new_pid = holder.version()
-    assert version == "2.0" and new_pid != pid  # a new worker, same pod
+    after = holder.version()
+    assert [v for v, _ in after] == ["2.0", "2.0"]  # the pod that found it installed too
+    assert all(a[1] != b[1] for a, b in zip(after, before, strict=True))  # new workers
 
 
 def _project(tmp_path: Path, version: int) -> Path:

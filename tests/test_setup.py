@@ -65,6 +65,7 @@ def test_a_failing_step_names_itself_and_records_nothing(tmp_path: Path):
     with pytest.raises(SetupError) as info:
         setup.run(failing, {})
     assert info.value.index == 2 and "exit code 3" in str(info.value)
+    assert str(info.value).count("failed") == 1  # one clear message, not one per layer
     assert "about to fail" in info.value.tail
     retry = Setup(root, LocalStore(tmp_path / "store"), None, lambda _: None)
     with pytest.raises(SetupError):

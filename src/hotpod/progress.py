@@ -12,6 +12,13 @@ import threading
 from typing import Any, TextIO
 
 
+def escape(text: str) -> str:
+    """Text shown as is in the live display (no rich markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 class Progress:
     def __init__(self, service: str, pods: list[str], out: TextIO | None = None) -> None:
         self.service = service
@@ -20,11 +27,9 @@ class Progress:
         self._lock = threading.Lock()
         self._live: Any = None
         if self.out.isatty() and len(pods) <= 64:
-            try:
-                from rich.console import Console
-                from rich.live import Live
-            except ImportError:  # rich is optional: plain lines then
-                return
+            from rich.console import Console
+            from rich.live import Live
+
             self._live = Live(
                 self._render(),
                 console=Console(file=self.out),
@@ -45,8 +50,11 @@ class Progress:
         """A progress line from a pod; command output (indented) only updates the display."""
         with self._lock:
             if self._live is not None:
-                if not text.startswith("    ") or self.state.get(pod, "").startswith("["):
-                    self.state[pod] = text.strip()[:120]
+                if text.startswith("    "):  # output of the running step, under its header
+                    header = self.state.get(pod, "").split("\n", 1)[0]
+                    self.state[pod] = f"{header}\n[dim]{escape(text.strip()[:110])}[/]"
+                else:
+                    self.state[pod] = escape(text.strip()[:120])
                 self._live.update(self._render())
             elif not text.startswith("    "):
                 self.out.write(f"({pod}) {text}\n")

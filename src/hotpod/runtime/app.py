@@ -368,7 +368,8 @@ class PodApp:
                 st.request_restart()
                 return {"reloaded": True, "restarting": True, **done}
             loaded = await loop.run_in_executor(
-                None, partial(load, spec, st.store, st.code_dir, current, outcome.paths)
+                None,
+                partial(load, spec, st.store, st.code_dir, current, outcome.paths, outcome.workdir),
             )
             st.loaded = loaded
             st.ready.set()

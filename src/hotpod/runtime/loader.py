@@ -142,6 +142,7 @@ def load(
     code_dir: Path,
     previous: Loaded | None,
     extra_paths: Sequence[str] = (),
+    workdir: Path | None = None,
 ) -> Loaded:
     """Load the code a launch spec names. Raises :class:`LoadError`; ``previous`` stays usable."""
     import traceback
@@ -235,6 +236,8 @@ def load(
         raise LoadError(
             phase, f"{what} failed: {type(exc).__name__}: {exc}", traceback.format_exc()
         ) from None
-    if snapshot is not None:
+    if workdir is not None:  # the image's WORKDIR, like a container's
+        os.chdir(workdir)
+    elif snapshot is not None:
         os.chdir(snapshot)
     return Loaded(spec=spec, obj=obj, snapshot=snapshot, paths=paths)

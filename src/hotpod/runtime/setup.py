@@ -75,6 +75,7 @@ class SetupError(Exception):
         super().__init__(f"setup step {index}/{total} ({step}) failed: {message}")
         self.index = index
         self.step = step
+        self.reason = message
         self.tail = tail
 
 
@@ -87,6 +88,7 @@ class Outcome:
     restart: bool = False  # a pip step changed a package this process has imported
     paths: list[str] = field(default_factory=list)  # sys.path entries (synced packages)
     reported: list[str] = field(default_factory=list)  # steps that cannot be applied live
+    workdir: Path | None = None  # the image's last WORKDIR: the code's working directory
 
 
 class _Ledger:
@@ -202,7 +204,7 @@ class Setup:
             try:
                 restart = self._apply(step, env, workdir, outcome)
             except SetupError as exc:
-                raise SetupError(i, total, what, str(exc.args[0]), exc.tail) from None
+                raise SetupError(i, total, what, exc.reason, exc.tail) from None
             except Exception as exc:
                 raise SetupError(i, total, what, f"{type(exc).__name__}: {exc}", "") from None
             outcome.restart = outcome.restart or restart
@@ -210,6 +212,9 @@ class Setup:
             self.ledger.record(h, {"step": what, "seconds": round(seconds, 3), "at": time.time()})
             outcome.ran.append(what)
             self.emit(f"[{i}/{total}] done in {seconds:.2f} s")
+        if workdir != self.root:
+            workdir.mkdir(parents=True, exist_ok=True)
+            outcome.workdir = workdir
         return outcome
 
     # -- the steps --------------------------------------------------------------------------
@@ -313,7 +318,7 @@ class Setup:
             shared = _Ledger(venv / "hotpod-ledger.json")
             if h in shared:  # a sibling pod of this service installed it already
                 self.emit("    already installed in the service's environment")
-                return False
+                return self._changed_imports(venv, shared.applied[h].get("installed", []))
             reqs = []
             for req in step.get("packages", []):
                 manifest_id = step.get("local", {}).get(req)
@@ -343,16 +348,19 @@ class Setup:
             if step.get("force"):
                 argv.append("--force-reinstall")
             output = self._command(argv + reqs, {**env, "PIP_NO_INPUT": "1"}, self.root)
-            shared.record(h, {"step": summary(step), "at": time.time()})
-        installed: list[str] = []
-        for line in output:
-            if line.startswith("Successfully installed "):
-                installed += [p.rsplit("-", 1)[0] for p in line.split()[2:]]
+            installed: list[str] = []
+            for line in output:
+                if line.startswith("Successfully installed "):
+                    installed += [p.rsplit("-", 1)[0] for p in line.split()[2:]]
+            shared.record(h, {"step": summary(step), "at": time.time(), "installed": installed})
+        return self._changed_imports(venv, installed)
+
+    def _changed_imports(self, venv: Path, installed: list[str]) -> bool:
+        """True when a package just installed is one this worker has imported: restart it."""
         if not installed:
             return False
         imported = _top_level_modules(venv_site(venv), installed) & set(sys.modules)
         if imported:
-            self.emit(
-                f"    {', '.join(sorted(imported))} changed while imported: restarting the worker"
-            )
+            names = ", ".join(sorted(imported))
+            self.emit(f"    {names} changed while imported: restarting the worker")
         return bool(imported)

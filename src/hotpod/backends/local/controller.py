@@ -374,6 +374,7 @@ class Controller:
             self.registry.delete_service(name)
             shutil.rmtree(self.settings.pods_dir / name, ignore_errors=True)
             shutil.rmtree(self.venv_dir(name), ignore_errors=True)
+            (self.venv_dir(name).parent / f".{name}.lock").unlink(missing_ok=True)
             return True
 
 
