@@ -220,3 +220,19 @@ def test_calls_keep_succeeding_while_the_worker_is_replaced(hotpod_home, tmp_pat
             t.join(30)
     assert failures == [], failures[:3]
     assert versions[0] == "1.0" and versions[-1] == "2.0"
+
+
+def test_a_successor_that_cannot_load_fails_the_deploy_promptly(hotpod_home, tmp_path):
+    w1 = make_wheel(tmp_path / "w1", "hp_pkg_eps", "1.0", "VERSION = '1.0'\n")
+    w2 = make_wheel(tmp_path / "w2", "hp_pkg_eps", "2.0", "raise ImportError('2.0 is broken')\n")
+    compute = kt.Compute(
+        cpus="0.5", env_vars=NO_INDEX, image=kt.Image("python:3.11").pip_install([str(w1)])
+    )
+    holder = kt.cls(ic.Holder, name="bad-successor").to(compute, init_args=["hp_pkg_eps"])
+    assert holder.version()[0] == "1.0"
+    t0 = time.monotonic()
+    with pytest.raises(kt.DeployError, match="2.0 is broken"):
+        broken = compute.replace(image=compute.image.pip_install([str(w2)]))
+        kt.cls(ic.Holder, name="bad-successor").to(broken, init_args=["hp_pkg_eps"])
+    assert time.monotonic() - t0 < 30  # not the 300 s launch timeout
+    assert holder.version()[0] == "1.0"  # the old worker goes on serving

@@ -480,6 +480,12 @@ class PodClient:
             health = self.health(pod) or {}
             if health.get("launch_id") == launch_id and health.get("pid") != old_pid:
                 return None
+            failed = health.get("launch_error") or {}
+            if failed.get("launch_id") == launch_id:
+                detail = (failed.get("detail") or "").rstrip()
+                return f"the pod's new worker failed: {failed.get('message')}" + (
+                    f"\n{detail}" if detail else ""
+                )
             time.sleep(0.05)
         return (
             f"the pod's new worker did not serve launch {launch_id} within {timeout:g} s; "

@@ -8,6 +8,7 @@ Endpoints::
     POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
     GET  /_hotpod/info      what the pod serves
     GET  /_hotpod/debug     debugger sessions waiting for a client (``hotpod debug``)
+    GET  /metrics           Prometheus metrics (see ``metrics``); the token is required
 
 Sync user code runs on call threads (``threads``), async user code on the event loop; the call path does not
 poll. Nothing a client sends can crash the server: every bad request gets a 4xx with a message.
@@ -29,11 +30,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from hotpod import wire
+from hotpod import loglines, wire
 from hotpod.errors import ProtocolError
 from hotpod.runtime import debug, logs
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
-from hotpod.runtime.setup import Setup, SetupError
+from hotpod.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hotpod.runtime.metrics import PodMetrics
+from hotpod.runtime.setup import Setup, SetupError, chain, summary
 from hotpod.runtime.threads import CallThreads
 from hotpod.store import Store
 
@@ -69,10 +72,24 @@ class PodState:
     started: float = field(default_factory=time.time)
     venv: Path | None = None  # the service's virtual environment for pip steps
     request_restart: Callable[[], None] | None = None  # ask the supervisor for a new worker
+    metrics: PodMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = PodMetrics(self.service, self.pod, self.rank)
 
     @property
     def launch_file(self) -> Path:
         return self.root / ".hotpod" / "launch.json"
+
+    @property
+    def next_launch_file(self) -> Path:
+        """The launch a successor worker must load (launch.json keeps the one being served)."""
+        return self.root / ".hotpod" / "launch.next.json"
+
+    @property
+    def launch_error_file(self) -> Path:
+        """Why the last launch failed, when it failed where no request could answer."""
+        return self.root / ".hotpod" / "launch_error.json"
 
     @property
     def code_dir(self) -> Path:
@@ -178,6 +195,7 @@ class PodApp:
         try:
             await self._route(scope, receive, send)
         except HTTPError as exc:
+            self.state.metrics.rejected(exc.status)
             if exc.status != 499:
                 await _send_json(send, exc.status, {"error": exc.message, "pod": self.state.pod})
 
@@ -185,6 +203,7 @@ class PodApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._started()
                 self._resuming = asyncio.get_running_loop().create_task(self._resume())
                 if self._on_ready is not None:
                     self._resuming.add_done_callback(self._report_ready)
@@ -195,33 +214,71 @@ class PodApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _started(self) -> None:
+        """A worker starts serving: tag its output, count it (a pod's supervisor starts a new
+        worker when one crashes or packages change)."""
+        st = self.state
+        logs.tag_output(st.pod, st.rank)
+        st.metrics.pod_restarts.set(int(os.environ.get("HOTPOD_RESTARTS") or 0))
+        path = st.root / ".hotpod" / "workers.json"
+        supervisor, starts = os.getppid(), 1
+        try:
+            seen = json.loads(path.read_text())
+            if seen.get("supervisor") == supervisor:
+                starts = int(seen.get("starts", 0)) + 1
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"supervisor": supervisor, "starts": starts}))
+        except OSError:
+            pass
+        st.metrics.worker_restarts.set(starts - 1)
+
     def _report_ready(self, task: asyncio.Task[bool]) -> None:
         ok = not task.cancelled() and task.exception() is None and task.result()
         if self._on_ready is not None:
             self._on_ready(ok)
 
     async def _resume(self) -> bool:
-        """After a (re)start, load the launch the pod last served. False if that failed."""
+        """After a (re)start, load the launch a predecessor handed over, else the one the pod
+        last served. False if the handed-over launch failed (the supervisor then keeps the old
+        worker), or if nothing could be loaded."""
         st = self.state
-        try:
-            spec = json.loads(st.launch_file.read_text())
-        except FileNotFoundError:
-            return True
-        except (OSError, ValueError) as exc:
-            print(f"hotpod: ignoring unreadable {st.launch_file}: {exc}", flush=True)
-            return True
         restart, st.request_restart = st.request_restart, None  # resuming never asks again
         try:
-            await self._launch(spec, lambda line: print(f"hotpod-setup: {line}", flush=True))
-            print(f"hotpod: resumed launch {spec.get('launch_id')}", flush=True)
-            return True
-        except LoadError as exc:
-            print(f"hotpod: could not resume launch: {exc}\n{exc.tb}", flush=True)
-        except SetupError as exc:
-            print(f"hotpod: could not resume launch: {exc}\n{exc.tail}", flush=True)
+            handed = _read_json(st.next_launch_file)
+            if handed is not None:
+                error = await self._try_launch(handed)
+                st.next_launch_file.unlink(missing_ok=True)
+                if error is None:
+                    return True
+                self._record_error(handed, error)
+            spec = _read_json(st.launch_file)
+            if spec is None:
+                return handed is None
+            return await self._try_launch(spec) is None and handed is None
         finally:
             st.request_restart = restart
-        return False
+
+    async def _try_launch(self, spec: dict[str, Any]) -> tuple[str, str] | None:
+        """Load a persisted launch; (message, detail) when that failed."""
+        try:
+            await self._launch(spec, lambda line: print(f"hotpod-setup: {line}", flush=True))
+        except LoadError as exc:
+            print(f"hotpod: could not load launch: {exc}\n{exc.tb}", flush=True)
+            return str(exc), exc.tb
+        except SetupError as exc:
+            print(f"hotpod: could not load launch: {exc}\n{exc.tail}", flush=True)
+            return str(exc), exc.tail
+        print(f"hotpod: loaded launch {spec.get('launch_id')}", flush=True)
+        return None
+
+    def _record_error(self, spec: dict[str, Any], error: tuple[str, str]) -> None:
+        info = {"launch_id": spec.get("launch_id"), "message": error[0], "detail": error[1]}
+        tmp = self.state.launch_error_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.state.launch_error_file)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -232,6 +289,12 @@ class PodApp:
             if method not in ("GET", "HEAD"):
                 raise HTTPError(405, "use GET /health")
             await _send_json(send, 200, self._health())
+            return
+        if path == "/metrics":  # no protocol header: Prometheus scrapes it with the token alone
+            self._check_auth(scope)
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, "use GET /metrics")
+            await _send_bytes(send, 200, self.state.metrics.render(), METRICS_CONTENT_TYPE)
             return
         is_call = path == "/call" or path.startswith("/call/")
         if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info", "/_hotpod/debug"):
@@ -283,14 +346,39 @@ class PodApp:
             "pid": os.getpid(),
             "ready": st.loaded is not None,
             "launch_id": st.loaded.launch_id if st.loaded else None,
+            "launch_error": _read_json(st.launch_error_file),
         }
 
     def _info(self) -> dict[str, Any]:
+        st = self.state
         info = self._health()
-        if self.state.loaded:
-            spec = self.state.loaded.spec
+        info.update(service=st.service, started=st.started, venv=str(st.venv) if st.venv else None)
+        if st.loaded:
+            spec = st.loaded.spec
             info.update(kind=spec.get("kind"), code=spec.get("code"), service=spec.get("service"))
+            info["steps"] = self._applied_steps(spec.get("image") or {})
         return info
+
+    def _applied_steps(self, image: dict[str, Any]) -> list[dict[str, Any]]:
+        """The launch's image steps, each with when it was applied and how long it took."""
+        try:
+            data = json.loads((self.state.root / ".hotpod" / "ledger.json").read_text())
+            applied = data.get("applied", {}) if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            applied = {}
+        steps = []
+        for step, h in zip(image.get("steps") or [], chain(image), strict=True):
+            entry = applied.get(h) or {}
+            steps.append(
+                {
+                    "step": summary(step),
+                    "kind": step.get("kind"),
+                    "applied": h in applied,
+                    "seconds": entry.get("seconds"),
+                    "at": entry.get("at"),
+                }
+            )
+        return steps
 
     # -- launch -----------------------------------------------------------------------------
 
@@ -347,7 +435,56 @@ class PodApp:
             await _send_json(send, 200, result)
 
     async def _launch(self, spec: dict[str, Any], emit: Callable[[str], None]) -> dict[str, Any]:
-        """Apply the launch's setup steps and load its code; what changed, as plain data."""
+        """Apply the launch's setup steps and load its code; what changed, as plain data.
+
+        A failure is kept in the pod root (``launch_error_file``, reported by /health) until a
+        launch succeeds, so that ``hotpod check`` can report it.
+        """
+        st = self.state
+        try:
+            result = await self._apply_launch(spec, emit)
+        except (LoadError, SetupError) as exc:
+            st.metrics.launched("failed")
+            self._keep_error(spec, exc)
+            raise
+        if not result.get("restarting"):  # (a successor reports how its launch went)
+            st.launch_error_file.unlink(missing_ok=True)
+        st.metrics.launched(
+            "restarting"
+            if result.get("restarting")
+            else "reloaded"
+            if result.get("reloaded")
+            else "unchanged"
+        )
+        if st.loaded is not None:
+            st.metrics.set_launch(st.loaded.launch_id)
+        return result
+
+    def _keep_error(self, spec: dict[str, Any], exc: LoadError | SetupError) -> None:
+        error: dict[str, Any] = {
+            "launch_id": spec.get("launch_id"),
+            "at": time.time(),
+            "type": type(exc).__name__,
+            "message": str(exc),
+        }
+        if isinstance(exc, SetupError):
+            error.update(
+                phase="setup", step=exc.step, reason=exc.reason, tail=exc.tail, detail=exc.tail
+            )
+        else:
+            error.update(phase=exc.phase, step=None, traceback=exc.tb, detail=exc.tb)
+        path = self.state.launch_error_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(error))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    async def _apply_launch(
+        self, spec: dict[str, Any], emit: Callable[[str], None]
+    ) -> dict[str, Any]:
         st = self.state
         world = spec.get("world_size")
         if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
@@ -359,12 +496,12 @@ class PodApp:
                 self._persist(spec)
                 return {"reloaded": False, "restarting": False}
             loop = asyncio.get_running_loop()
-            setup = Setup(st.root, st.store, st.venv, emit)
+            setup = Setup(st.root, st.store, st.venv, emit, st.metrics.setup_step)
             image = spec.get("image") or {"image_id": None, "steps": []}
             outcome = await loop.run_in_executor(None, setup.run, image, {})
             done = {"ran": outcome.ran, "skipped": outcome.skipped, "reported": outcome.reported}
             if outcome.restart and st.request_restart is not None:
-                self._persist(spec)  # the successor resumes this launch
+                self._persist(spec, st.next_launch_file)  # the successor loads this launch
                 st.request_restart()
                 return {"reloaded": True, "restarting": True, **done}
             loaded = await loop.run_in_executor(
@@ -374,11 +511,12 @@ class PodApp:
             st.loaded = loaded
             st.ready.set()
             self._persist(spec)
+            st.launch_error_file.unlink(missing_ok=True)
             print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
             return {"reloaded": True, "restarting": False, **done}
 
-    def _persist(self, spec: dict[str, Any]) -> None:
-        path = self.state.launch_file
+    def _persist(self, spec: dict[str, Any], path: Path | None = None) -> None:
+        path = path or self.state.launch_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec))
@@ -387,6 +525,7 @@ class PodApp:
     # -- calls ------------------------------------------------------------------------------
 
     async def _handle_call(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        started = time.perf_counter()
         st = self.state
         accept = _header(scope, b"x-hotpod-accept") or "auto"
         if accept not in wire.SERIALIZATIONS:
@@ -411,7 +550,7 @@ class PodApp:
         stream = _header(scope, b"x-hotpod-stream-logs") == "1"
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] | None = asyncio.Queue() if stream else None
-        log = logs.CallLog(request_id, st.pod_log, loop, queue)
+        log = logs.CallLog(request_id, st.pod_log, loop, queue, st.pod, st.rank)
 
         if target is None:
             if args or kwargs:
@@ -423,13 +562,32 @@ class PodApp:
         debugging = debug.current.set(self._call_debug(scope, request_id, log, loop, queue))
         try:
             if not stream:
-                payload = await self._invoke(target, args, kwargs, accept, log)
+                payload = await self._measured(
+                    method, started, self._invoke(target, args, kwargs, accept, log)
+                )
                 await _send_bytes(send, 200, payload, wire.CT_FRAMES)
                 return
             assert queue is not None
-            await self._stream(send, queue, self._invoke(target, args, kwargs, accept, log))
+            work = self._measured(method, started, self._invoke(target, args, kwargs, accept, log))
+            await self._stream(send, queue, work)
         finally:
             debug.current.reset(debugging)
+
+    async def _measured(self, method: str, started: float, work: Awaitable[bytes]) -> bytes:
+        """``work``'s result frames, counted in the pod's metrics."""
+        metrics = self.state.metrics
+        metrics.in_flight.inc()
+        error: str | None = "CancelledError"
+        try:
+            payload = await work
+            error = _error_type(payload)
+            return payload
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.call_done(method, started, error)
 
     def _call_debug(
         self,
@@ -559,8 +717,38 @@ class PodApp:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         # drop the runtime's own frame from the top of the traceback
         text = tb[0] + "".join(tb[2:]) if len(tb) > 2 else "".join(tb)
+        call = logs.current_call.get()
+        if call is not None:  # where to read the call's output later
+            rid = call.request_id[: loglines.REQUEST_ID_CHARS]
+            text += (
+                f"(request {rid} on pod {self.state.pod}: its output is in "
+                f"'hotpod logs {self.state.service} --request {rid}')\n"
+            )
         return wire.encode_error(exc, text, self.state.pod, self.state.rank)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file the runtime keeps, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _error_type(payload: bytes) -> str | None:
+    """The exception type a call's result frames carry, or None for a result."""
+    if payload[:1] not in (wire.FRAME_EXC, wire.FRAME_ERROR):
+        return None
+    for kind, data in wire.FrameDecoder().feed(payload):
+        if kind == wire.FRAME_ERROR:
+            try:
+                name = str(json.loads(data).get("type") or "Exception")
+                return name.removeprefix("builtins.")
+            except (ValueError, AttributeError):
+                break
+    return "Exception"

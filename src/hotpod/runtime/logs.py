@@ -2,9 +2,9 @@
 
 ``sys.stdout`` and ``sys.stderr`` of the worker are replaced by a router. While a call runs, the
 call's :class:`CallLog` is in a context variable (copied into the thread that runs sync code), so
-each line the call prints is written to the pod log tagged with the request id and, when the
-caller asked for it, sent to the caller as a log frame. Output outside a call goes to the pod log
-unchanged.
+each line the call prints is written to the pod log stamped and tagged with the request id, rank
+and pod (the format of :mod:`hotpod.loglines`) and, when the caller asked for it, sent to the
+caller as a log frame. Output outside a call goes to the pod log stamped and tagged with the pod.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 from contextvars import ContextVar
 from typing import TextIO
 
-from hotpod import wire
+from hotpod import loglines, wire
 
 current_call: ContextVar[CallLog | None] = ContextVar("hotpod_call_log", default=None)
 
@@ -30,8 +30,11 @@ class CallLog:
         pod_log: TextIO,
         loop: asyncio.AbstractEventLoop | None = None,
         queue: asyncio.Queue[object] | None = None,
+        pod: str | None = None,
+        rank: int | None = None,
     ) -> None:
-        self._prefix = f"[{request_id[:8]}] "
+        self.request_id = request_id
+        self._tag = loglines.tag(pod, rank, request_id)
         self._pod_log = pod_log
         self._loop = loop
         self._queue = queue
@@ -58,7 +61,7 @@ class CallLog:
     def _emit(self, line: str) -> None:
         line = line.rstrip("\r")
         try:
-            self._pod_log.write(self._prefix + line + "\n")
+            self._pod_log.write(loglines.timestamp() + self._tag + line + "\n")
             self._pod_log.flush()
         except (OSError, ValueError):
             pass
@@ -75,7 +78,14 @@ class CallLog:
 
 
 class StreamRouter(io.TextIOBase):
-    """A text stream that sends writes to the current call's log, or to the real stream."""
+    """A text stream that sends writes to the current call's log, or to the real stream.
+
+    Lines written to the real stream get a timestamp and the tag :func:`tag_output` set.
+    """
+
+    _tag = loglines.tag()
+    _lock = threading.Lock()
+    _at_line_start = True  # shared by the routers: they write to the same pod log
 
     def __init__(self, name: str, real: TextIO) -> None:
         self.name = name
@@ -84,12 +94,27 @@ class StreamRouter(io.TextIOBase):
     def write(self, s: str) -> int:
         log = current_call.get()
         if log is None:
-            n = self._real.write(s)
+            with StreamRouter._lock:
+                self._real.write(self._stamp(s))
             if "\n" in s:
                 self._real.flush()
-            return n
+            return len(s)
         log.write(self.name, s)
         return len(s)
+
+    def _stamp(self, s: str) -> str:
+        if not s:
+            return s
+        out = []
+        start = 0
+        while start < len(s):
+            if StreamRouter._at_line_start:
+                out.append(loglines.timestamp() + StreamRouter._tag)
+            end = s.find("\n", start) + 1 or len(s)
+            out.append(s[start:end])
+            StreamRouter._at_line_start = s[end - 1] == "\n"
+            start = end
+        return "".join(out)
 
     def flush(self) -> None:
         self._real.flush()
@@ -106,6 +131,11 @@ class StreamRouter(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._real, "encoding", "utf-8")
+
+
+def tag_output(pod: str | None, rank: int | None) -> None:
+    """Tag the lines written outside calls with the pod's name and rank."""
+    StreamRouter._tag = loglines.tag(pod, rank)
 
 
 def install() -> TextIO:

@@ -38,6 +38,8 @@ LEDGER_VERSION = "hotpod-ledger-1"
 OUTPUT_TAIL = 30
 
 Emit = Callable[[str], None]
+#: told of each step that ran: its kind, its duration in seconds, whether it succeeded
+Observe = Callable[[str, float, bool], None]
 
 
 def chain(image: dict[str, Any]) -> list[str]:
@@ -164,11 +166,19 @@ def _top_level_modules(site_dir: Path, dist_names: list[str]) -> set[str]:
 class Setup:
     """Runs the steps of one launch on one pod."""
 
-    def __init__(self, root: Path, store: Store, venv: Path | None, emit: Emit) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        venv: Path | None,
+        emit: Emit,
+        observe: Observe | None = None,
+    ) -> None:
         self.root = root
         self.store = store
         self.venv = venv
         self.emit = emit
+        self.observe = observe
         self.ledger = _Ledger(root / ".hotpod" / "ledger.json")
 
     def container_path(self, path: str, workdir: Path) -> Path:
@@ -204,11 +214,14 @@ class Setup:
             try:
                 restart = self._apply(step, env, workdir, outcome)
             except SetupError as exc:
+                self._observe(str(kind), time.monotonic() - t0, False)
                 raise SetupError(i, total, what, exc.reason, exc.tail) from None
             except Exception as exc:
+                self._observe(str(kind), time.monotonic() - t0, False)
                 raise SetupError(i, total, what, f"{type(exc).__name__}: {exc}", "") from None
             outcome.restart = outcome.restart or restart
             seconds = time.monotonic() - t0
+            self._observe(str(kind), seconds, True)
             self.ledger.record(h, {"step": what, "seconds": round(seconds, 3), "at": time.time()})
             outcome.ran.append(what)
             self.emit(f"[{i}/{total}] done in {seconds:.2f} s")
@@ -216,6 +229,10 @@ class Setup:
             workdir.mkdir(parents=True, exist_ok=True)
             outcome.workdir = workdir
         return outcome
+
+    def _observe(self, kind: str, seconds: float, ok: bool) -> None:
+        if self.observe is not None:
+            self.observe(kind, seconds, ok)
 
     # -- the steps --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ workers gracefully, then the supervisor. Kept to the standard library so it star
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -57,6 +58,29 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _handover_failed(code: int | None) -> None:
+    """A successor died before it said how its launch went: say it for it (the client waits)."""
+    root = os.environ.get("HOTPOD_POD_ROOT")
+    if not root:
+        return
+    handed = os.path.join(root, ".hotpod", "launch.next.json")
+    try:
+        with open(handed) as fh:
+            launch_id = json.load(fh).get("launch_id")
+    except (OSError, ValueError, AttributeError):
+        return  # the successor reported (and removed it) already
+    error = {
+        "launch_id": launch_id,
+        "message": f"the new worker exited with code {code} before it was ready",
+        "detail": "see the pod log ('hotpod logs SERVICE --pod POD')",
+    }
+    path = os.path.join(root, ".hotpod", "launch_error.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(error, fh)
+    os.replace(path + ".tmp", path)
+    os.unlink(handed)
 
 
 def spawn(sock: socket.socket) -> Worker:
@@ -126,7 +150,9 @@ class Supervisor:
             elif worker.retiring_since and now - worker.retiring_since > DRAIN_TIMEOUT:
                 worker.proc.kill()
         if self.successor is not None and self.successor.proc.poll() is not None:
-            _log(f"successor {self.successor.proc.pid} exited ({self.successor.proc.returncode})")
+            code = self.successor.proc.returncode
+            _log(f"successor {self.successor.proc.pid} exited ({code}) before it was ready")
+            _handover_failed(code)
             self._forget(self.successor)
             self.successor = None
         cur = self.current
