@@ -3,13 +3,17 @@
 For each project, in a temp dir (store and code only: no pods):
 
 - cold sync: an empty store and hash cache, so everything is hashed and uploaded;
-- no-change sync;
-- one-file-changed sync: time, bytes uploaded, bytes of the manifest object stored (a delta on
-  the previous manifest; every 17th one is a full rebase, shown as the max), and the same sync
-  in a fresh process (nothing memoized: the base manifest is read from the store);
+- no-change and one-file-changed syncs, each two ways: watched (the process synced the tree
+  before, so an inotify watcher says what changed: the fast path, O(changes)) and walked
+  (``HOTPOD_SYNC_WATCH=0``: a walk with the hash cache, O(files));
+- the one-file-changed sync's bytes uploaded and bytes of the manifest object stored (a delta on
+  the previous manifest; every 17th one is a full rebase, shown as the max, with its time), and
+  the same sync in a fresh process (nothing memoized, nothing watched: a walk, and the base
+  manifest is read from the store);
 - ``update_tree`` of a pod's code directory after each change, warm (the updater saw the previous
-  manifest, as a long-lived pod does) and fresh; and, for reference, ``materialize`` of a new
-  snapshot directory (hard-linking unchanged files from the previous one).
+  manifest, as a long-lived pod does: the delta is applied as is) and fresh; and, for reference,
+  ``materialize`` of a new snapshot directory (hard-linking unchanged files from the previous
+  one).
 
 Figures are medians of several repetitions; each 5,000-file figure is printed beside the small
 project's. Run: ``python bench/sync_scale.py [--files 5000] [--reps 17]``.
@@ -27,11 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
+from hotpod import codesync
 from hotpod import store as store_module
 from hotpod.codesync import SyncResult, sync
 from hotpod.store import MAX_DELTA_CHAIN, LocalStore
 
+_T = TypeVar("_T")
 Pick = Callable[[list[int]], float]
 HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
 MODULE = '''"""Module {i} of a generated project."""
@@ -63,8 +70,18 @@ def make_project(root: Path, files: int) -> Path:
 
 
 def forget_manifests() -> None:
-    """What a fresh process starts with: no manifests memoized."""
+    """What a fresh process starts with: no manifests memoized, no tree watched."""
     store_module._MEMO.clear()
+    codesync.forget_watches()
+
+
+def walked(fn: Callable[[], _T]) -> _T:
+    """``fn()`` with syncs walking the tree (no watcher), as before the fast path."""
+    os.environ["HOTPOD_SYNC_WATCH"] = "0"
+    try:
+        return fn()
+    finally:
+        del os.environ["HOTPOD_SYNC_WATCH"]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -84,7 +101,10 @@ class Figures:
     files: int
     cold: list[float] = field(default_factory=list)
     nochange: list[float] = field(default_factory=list)
+    nochange_walk: list[float] = field(default_factory=list)
     change: list[float] = field(default_factory=list)
+    change_walk: list[float] = field(default_factory=list)
+    rebase: list[float] = field(default_factory=list)
     uploaded: list[int] = field(default_factory=list)
     manifest: list[int] = field(default_factory=list)
     change_fresh: list[float] = field(default_factory=list)
@@ -113,6 +133,7 @@ def measure(work: Path, files: int, reps: int) -> Figures:
     fig.full_manifest = first.manifest_bytes
     for _ in range(reps):
         fig.nochange.append(timed_sync(root, store, cache)[0])
+        fig.nochange_walk.append(walked(partial(timed_sync, root, store, cache))[0])
 
     pod = work / "pod" / "code"
     fig.first_update = store.update_tree(first.manifest_id, pod).seconds
@@ -125,10 +146,11 @@ def measure(work: Path, files: int, reps: int) -> Figures:
         edit += 1
         changed.write_text(f"{original}\nEDIT = {edit}\n")
 
+    sync(root, store, cache)  # the walks above dropped the watcher: start one
     for _ in range(reps):  # warm: the same process synced and updated the previous version
         change_one_file()
         seconds, result = timed_sync(root, store, cache)
-        fig.change.append(seconds)
+        (fig.rebase if result.delta_base is None else fig.change).append(seconds)
         fig.uploaded.append(result.uploaded_bytes)
         fig.manifest.append(result.manifest_bytes)
         fig.update.append(timed(partial(store.update_tree, result.manifest_id, pod)))
@@ -137,6 +159,12 @@ def measure(work: Path, files: int, reps: int) -> Figures:
             timed(partial(store.materialize, result.manifest_id, dest, previous=previous))
         )
         previous = dest
+
+    for _ in range(max(3, reps // 3)):  # walked: a change found by walking the tree
+        change_one_file()
+        seconds, result = walked(partial(timed_sync, root, store, cache))
+        fig.change_walk.append(seconds)
+        store.update_tree(result.manifest_id, pod)
 
     for _ in range(max(3, reps // 3)):  # fresh: nothing memoized, as in a new process
         change_one_file()
@@ -175,9 +203,13 @@ def report(small: Figures, big: Figures) -> None:
 
     print(f"{'':<44}{f'{small.files:,} files':>14}{f'{big.files:,} files':>14}  ratio")
     timing("cold sync (empty store and cache)", "cold")
-    timing("no-change sync", "nochange")
-    timing("one-file-changed sync", "change")
+    timing("no-change sync, watched (fast path)", "nochange")
+    timing("no-change sync, walked", "nochange_walk")
+    timing("one-file-changed sync, watched (fast path)", "change")
+    timing("one-file-changed sync, walked", "change_walk")
     timing("one-file-changed sync, fresh process", "change_fresh")
+    if small.rebase and big.rebase:
+        timing("  the one that stored a full manifest (rebase)", "rebase")
     bytes_row("  uploaded bytes", small.uploaded, big.uploaded)
     bytes_row("  manifest bytes (median: a delta)", small.manifest, big.manifest)
     bytes_row("  manifest bytes (max: a full rebase)", small.manifest, big.manifest, max)
@@ -185,7 +217,7 @@ def report(small: Figures, big: Figures) -> None:
     sent_big = [u + m for u, m in zip(big.uploaded, big.manifest, strict=True)]
     bytes_row("  bytes sent (uploaded + manifest, median)", sent_small, sent_big)
     bytes_row("  full manifest, for comparison", small.full_manifest, big.full_manifest)
-    timing("update_tree after one change", "update")
+    timing("update_tree after one change (delta applied)", "update")
     timing("update_tree after one change, fresh process", "update_fresh")
     timing("materialize new snapshot (reference)", "snapshot")
     row(

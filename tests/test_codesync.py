@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,20 @@ def store(tmp_path: Path) -> LocalStore:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def fresh_watches() -> Iterator[None]:
+    """Each test starts as a fresh process would: no tree watched (and leaves none open)."""
+    codesync.forget_watches()
+    yield
+    codesync.forget_watches()
+
+
+@pytest.fixture
+def walk_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sync walks (no watcher): for tests of the walk, the hash cache and its files."""
+    monkeypatch.setenv("HOTPOD_SYNC_WATCH", "0")
 
 
 def paths_of(root: Path) -> set[str]:
@@ -363,7 +378,7 @@ def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_hash_cache_avoids_rereading(
-    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str], walk_only: None
 ) -> None:
     age(project)
     first = sync(project, store, cache_dir)
@@ -385,7 +400,7 @@ def test_hash_cache_avoids_rereading(
 
 
 def test_recently_modified_files_are_not_trusted_to_the_cache(
-    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str], walk_only: None
 ) -> None:
     age(project)
     write(project, "fresh.py", "just written\n")  # mtime is now: could change again this tick
@@ -423,10 +438,12 @@ def test_corrupt_hash_cache_is_rebuilt(
     cache_file.write_bytes(content)
     assert sync(project, store, cache_dir).manifest_id == expected
     doc = json.loads(cache_file.read_bytes())
-    assert doc["version"] == 1 and len(doc["entries"]) == 5
+    assert doc["version"] == 2 and len(doc["entries"]) == 5
 
 
-def test_stale_cache_entries_are_dropped(project: Path, store: LocalStore, cache_dir: Path) -> None:
+def test_stale_cache_entries_are_dropped(
+    project: Path, store: LocalStore, cache_dir: Path, walk_only: None
+) -> None:
     age(project)
     sync(project, store, cache_dir)
     (project / "main.py").unlink()
@@ -653,7 +670,7 @@ def test_lost_base_falls_back_to_a_full_manifest(
 
 
 def test_corrupt_last_manifest_file_is_ignored(
-    project: Path, store: LocalStore, cache_dir: Path
+    project: Path, store: LocalStore, cache_dir: Path, walk_only: None
 ) -> None:
     first = sync(project, store, cache_dir)
     cache = HashCache.for_root(project, cache_dir)
@@ -670,7 +687,11 @@ def test_corrupt_last_manifest_file_is_ignored(
 
 
 def test_no_change_sync_skips_building_the_manifest(
-    project: Path, store: LocalStore, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    store: LocalStore,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    walk_only: None,
 ) -> None:
     age(project)
     first = sync(project, store, cache_dir)
@@ -706,7 +727,7 @@ def test_no_change_sync_skips_building_the_manifest(
 
 
 def test_racy_change_is_hashed_until_it_settles(
-    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str]
+    project: Path, store: LocalStore, cache_dir: Path, hash_calls: list[str], walk_only: None
 ) -> None:
     age(project)
     first = sync(project, store, cache_dir)
@@ -734,3 +755,111 @@ def test_racy_change_is_hashed_until_it_settles(
 def test_sync_result_fields_default_for_old_callers() -> None:
     result = SyncResult(Path("/x"), "0" * 64, 1, 1, 0, 0, 0.0)
     assert (result.manifest_bytes, result.delta_base) == (0, None)
+
+
+# -- the watched fast path against a full walk ------------------------------------------------
+
+
+def test_watched_syncs_equal_a_full_walk_after_random_edits(
+    project: Path, store: LocalStore, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    if not codesync.watch.available():
+        pytest.skip("inotify is Linux-only")
+    rng = random.Random(4242)
+    write(project, ".gitignore", "*.log\nbuild/\n")
+    walks: list[int] = []
+    real_walk = codesync._walk
+
+    def counting(*args: object) -> object:
+        walks.append(1)
+        return real_walk(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codesync, "_walk", counting)
+    dirs = ["", "pkg/", "scripts/"]
+
+    def files() -> list[Path]:
+        return sorted(
+            p
+            for p in project.rglob("*")
+            if (p.is_file() or p.is_symlink()) and p.name not in codesync.IGNORE_FILES
+        )
+
+    def edit() -> bool:
+        """One random edit; True if it should make the next sync walk."""
+        op = rng.choice(
+            [
+                "modify",
+                "modify",
+                "same-size",
+                "create",
+                "delete",
+                "rename",
+                "chmod",
+                "ignored",
+                "link",
+                "mkdir",
+                "rules",
+            ]
+        )
+        present = files()
+        if op in ("modify", "same-size", "delete", "rename", "chmod") and not present:
+            op = "create"
+        if op == "modify":
+            target = rng.choice(present)
+            if target.is_symlink() and not target.exists():
+                target.unlink()
+            else:
+                target.write_text(f"v{rng.randrange(10**6)}\n" * rng.randrange(1, 4))
+        elif op == "same-size":  # same size, same second: only the content tells
+            target = rng.choice(present)
+            if target.exists():
+                size = target.stat().st_size
+                target.write_bytes(bytes(rng.choice(b"abc") for _ in range(size)))
+        elif op == "create":
+            write(project, f"{rng.choice(dirs)}f{rng.randrange(100)}.py", f"C = {rng.random()}\n")
+        elif op == "delete":
+            rng.choice(present).unlink()
+        elif op == "rename":
+            source = rng.choice(present)
+            source.rename(project / f"{rng.choice(dirs)}r{rng.randrange(100)}.py")
+        elif op == "chmod":
+            target = rng.choice(present)
+            if target.exists():
+                target.chmod(target.stat().st_mode ^ 0o100)
+        elif op == "ignored":
+            write(project, rng.choice(["debug.log", "build/x.py", "pkg/__pycache__/m.pyc"]))
+        elif op == "link":
+            link = project / f"{rng.choice(dirs)}l{rng.randrange(20)}.py"
+            if not link.exists() and not link.is_symlink() and present:
+                link.symlink_to(rng.choice(present))
+        elif op == "mkdir":
+            new_dir = f"d{rng.randrange(1000)}/"
+            dirs.append(new_dir)
+            write(project, f"{new_dir}m.py", "M = 1\n")
+            return True
+        elif op == "rules":
+            write(
+                project, rng.choice([".hotpodignore", "pkg/.gitignore"]), f"r{rng.randrange(9)}*\n"
+            )
+            return True
+        return False
+
+    sync(project, store, cache_dir)
+    fast = 0
+    for _ in range(80):
+        must_walk = False
+        for _ in range(rng.randrange(1, 4)):
+            must_walk |= edit()
+        before = len(walks)
+        result = sync(project, store, cache_dir)
+        walked = len(walks) > before
+        if must_walk:
+            assert walked
+        fast += not walked
+        expected, _ = build_manifest(project)  # a full walk, no hash cache
+        assert result.manifest_id == expected.id, "the watched sync missed a change"
+        assert store.get_manifest(result.manifest_id) == expected
+        assert (result.files, result.total_bytes) == (len(expected), expected.total_bytes)
+    assert fast >= 40  # most syncs knew what changed without walking

@@ -3,10 +3,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,17 @@ def store(tmp_path: Path) -> LocalStore:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+SEED = int(sha(b"hotpod manifest id, additive, v2"), 16)
+
+
+def additive_id(manifest: Manifest) -> str:
+    """The manifest id as the module docstring defines it, written out independently."""
+    total = SEED
+    for path, e in manifest.items():
+        total += int(sha(f"{path}\0{e.digest}\0{e.mode}\0{e.size}".encode()), 16)
+    return f"{total % 2**256:064x}"
 
 
 def put_tree(store: LocalStore, files: dict[str, bytes | tuple[bytes, int]]) -> Manifest:
@@ -190,7 +203,8 @@ def test_manifest_round_trip_and_canonical_id(store: LocalStore) -> None:
     assert m1 == m2 and m1.id == m2.id
     assert list(m1) == ["a.py", "z/b.sh"]
     assert Manifest.from_json(m1.to_json()) == m1
-    assert m1.id == sha(m1.to_json().encode())
+    assert m1.id == m1.recompute_id() == additive_id(m1)
+    assert Manifest().id == f"{SEED:064x}"
     assert Manifest({"a.py": FileEntry(sha(b"a"), 0o755, 1), "z/b.sh": b}).id != m1.id
     assert m1.total_bytes == 2 and m1.digests == {sha(b"a"), sha(b"b")}
     with pytest.raises(TypeError):
@@ -225,7 +239,7 @@ def test_bad_manifest_paths_rejected(path: str) -> None:
     entry = FileEntry(sha(b""), 0o644, 0)
     with pytest.raises(StoreError, match="Invalid manifest path"):
         Manifest({path: entry})
-    doc = json.dumps({"files": {path: [sha(b""), 0o644, 0]}, "version": 1})
+    doc = json.dumps({"files": {path: [sha(b""), 0o644, 0]}, "version": 2})
     with pytest.raises(StoreError):
         Manifest.from_json(doc)
 
@@ -236,7 +250,7 @@ def test_manifest_rejects_file_and_directory_clash() -> None:
         Manifest({"a": entry, "a/b": entry})
 
 
-@pytest.mark.parametrize("text", ["", "[]", "{}", '{"version":1}', '{"version":2,"files":{}}'])
+@pytest.mark.parametrize("text", ["", "[]", "{}", '{"version":2}', '{"version":1,"files":{}}'])
 def test_malformed_manifest_json(text: str) -> None:
     with pytest.raises(StoreError):
         Manifest.from_json(text)
@@ -411,7 +425,7 @@ def test_concurrent_materialize_of_same_manifest(store: LocalStore, tmp_path: Pa
 )
 def test_to_json_matches_json_dumps(path: str) -> None:
     m = Manifest({path: FileEntry(sha(b"x"), 0o755, 12), "z.py": FileEntry(sha(b"y"), 0o644, 0)})
-    doc = {"files": {p: [e.digest, e.mode, e.size] for p, e in m.items()}, "version": 1}
+    doc = {"files": {p: [e.digest, e.mode, e.size] for p, e in m.items()}, "version": 2}
     expected = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert m.to_json() == expected
     assert Manifest.from_json(m.to_json()) == m
@@ -571,7 +585,7 @@ def test_missing_delta_base_is_named(store: LocalStore, no_memo: None) -> None:
 def test_corrupt_or_looping_delta_chains_are_errors(store: LocalStore, no_memo: None) -> None:
     a_id, b_id = sha(b"A"), sha(b"B")
     for this, other in ((a_id, b_id), (b_id, a_id)):
-        doc = {"base": other, "depth": 1, "removed": [], "set": {}, "version": 2}
+        doc = {"base": other, "depth": 1, "removed": [], "set": {}, "version": 3}
         (store.root / "manifests").mkdir(parents=True, exist_ok=True)
         (store.root / "manifests" / f"{this}.json").write_text(json.dumps(doc))
     with pytest.raises(StoreError, match="longer than"):
@@ -866,3 +880,170 @@ def test_update_tree_of_large_tree_touches_only_the_change(
     update = store.update_tree(second.id, dest)
     assert update.changed == ("pkg/sub05/mod0250.py",) and calls == []
     assert (dest / "pkg/sub05/mod0250.py").read_bytes() == b"X = 'new'\n"
+
+
+# -- incremental ids and the delta fast path of update_tree -----------------------------------
+
+
+def random_entry(rng: random.Random) -> FileEntry:
+    size = rng.randrange(0, 50)
+    return FileEntry(sha(b"%d" % rng.randrange(10**9)), rng.choice((0o644, 0o755)), size)
+
+
+POOL = [f"top{i}.py" for i in range(6)] + [
+    f"{d}/f{i}.py" for d in ("a", "a/b", "a/b/c", "z") for i in range(5)
+]
+
+
+def random_changes(
+    rng: random.Random, current: Mapping[str, object]
+) -> tuple[dict[str, FileEntry], list[str]]:
+    present = sorted(current)
+    removed = rng.sample(present, rng.randrange(0, min(3, len(present)) + 1))
+    changed = {p: random_entry(rng) for p in rng.sample(POOL, rng.randrange(0, 4))}
+    for path in present:
+        if rng.random() < 0.05 and path not in removed:
+            changed.setdefault(path, replace(current[path], mode=0o755))  # type: ignore[type-var]
+    return changed, [p for p in removed if p not in changed]
+
+
+def test_incremental_ids_equal_a_full_recomputation(store: LocalStore, no_memo: None) -> None:
+    rng = random.Random(20261127)
+    manifest = Manifest({p: random_entry(rng) for p in rng.sample(POOL, 12)})
+    assert manifest.id == manifest.recompute_id() == additive_id(manifest)
+    for step in range(300):
+        changed, removed = random_changes(rng, manifest)
+        derived = manifest.with_changes(changed, removed)
+        rebuilt = Manifest(dict(derived.items()))  # built from scratch: the full computation
+        assert derived == rebuilt and list(derived) == list(rebuilt)
+        assert derived.id == rebuilt.id == derived.recompute_id()
+        assert derived.origin is not None and derived.origin.base == manifest.id
+        net_changed, net_removed = rebuilt.changes_since(manifest)
+        assert dict(derived.origin.changed) == net_changed
+        assert derived.origin.removed == tuple(sorted(net_removed))
+        if step % 25 == 0:
+            assert derived.id == additive_id(derived)
+            assert derived.to_json() == rebuilt.to_json()
+        manifest = derived
+    assert manifest.with_changes({}, ()).id == manifest.id
+
+
+def test_delta_chains_resolve_to_the_same_ids(
+    store: LocalStore, no_memo: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "missing", lambda digests: set())  # random digests: no blobs
+    rng = random.Random(7)
+    manifest = Manifest({p: random_entry(rng) for p in rng.sample(POOL, 15)})
+    store.put_manifest(manifest)
+    expected = {manifest.id: manifest}
+    for step in range(2 * MAX_DELTA_CHAIN + 5):  # across a rebase, and into the next chain
+        changed, removed = random_changes(rng, manifest)
+        new = manifest.with_changes(changed, removed)
+        store.write_manifest(new, base=manifest.id)
+        expected[new.id] = new
+        if step % 3 == 0:
+            _MEMO.clear()  # resolved from disk: a chain, or a full manifest
+        got = store.get_manifest(new.id)
+        assert got == new and got.id == new.recompute_id() == new.id
+        manifest = new
+    for manifest_id in reversed(list(expected)):
+        _MEMO.clear()
+        assert store.get_manifest(manifest_id) == expected[manifest_id]
+
+
+def write_random_tree(
+    store: LocalStore, rng: random.Random, current: dict[str, tuple[bytes, int]]
+) -> Manifest:
+    present = sorted(current)
+    for path in rng.sample(present, rng.randrange(0, min(3, len(present)) + 1)):
+        del current[path]
+    for path in rng.sample(POOL, rng.randrange(0, 4)):
+        current[path] = (b"v%d\n" % rng.randrange(10**6), rng.choice((0o644, 0o755)))
+    for path in present:
+        if path in current and rng.random() < 0.05:
+            current[path] = (current[path][0], 0o755 if current[path][1] == 0o644 else 0o644)
+    entries = {}
+    for path, (data, mode) in current.items():
+        entries[path] = FileEntry(store.put_bytes(data), mode, len(data))
+    return Manifest(entries)
+
+
+def test_update_tree_delta_path_equals_the_full_path(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_memo: None
+) -> None:
+    rng = random.Random(99)
+    files: dict[str, tuple[bytes, int]] = {}
+    fast, full = tmp_path / "fast", tmp_path / "full"
+    previous = write_random_tree(store, rng, files)
+    store.put_manifest(previous)
+    store.update_tree(previous.id, fast)
+    store.update_tree(previous.id, full)
+    diffs: list[int] = []
+    real_changes_since = Manifest.changes_since
+
+    def counting(self: Manifest, base: Manifest) -> Any:
+        diffs.append(1)
+        return real_changes_since(self, base)
+
+    monkeypatch.setattr(Manifest, "changes_since", counting)
+    deltas = 0
+    for _ in range(60):
+        manifest = Manifest(dict(write_random_tree(store, rng, files).items()))  # no origin
+        written = store.write_manifest(manifest, base=previous.id)  # a delta (or a rebase)
+        for pyc in ("a/__pycache__/f1.cpython-311.pyc", "__pycache__/top2.cpython-311.pyc"):
+            if rng.random() < 0.3:  # bytecode, as an import leaves: dropped when stale
+                for tree_dir in (fast, full):
+                    if (tree_dir / pyc).parent.parent.is_dir():
+                        (tree_dir / pyc).parent.mkdir(exist_ok=True)
+                        (tree_dir / pyc).write_bytes(b"stale bytecode")
+        diffs.clear()
+        got_fast = store.update_tree(manifest.id, fast)  # the pod that made the last update
+        if written.base is not None:  # stored as a delta on the marker's manifest
+            assert diffs == []  # applied as is: no comparison of whole manifests
+            deltas += 1
+        with monkeypatch.context() as m:
+            m.setattr(Manifest, "origin", property(lambda self: None))  # forces the full diff
+            got_full = store.update_tree(manifest.id, full)
+        assert set(got_fast.changed) == set(got_full.changed)
+        assert set(got_fast.removed) == set(got_full.removed)
+        assert code(fast) == code(full) == files
+        assert tree(fast) == tree(full)  # stale bytecode dropped alike
+        assert read_marker(fast) == read_marker(full) == manifest.id
+        assert not (fast / PENDING).exists()
+        previous = manifest
+    assert deltas > 30
+
+
+def test_a_pod_applies_deltas_across_a_rebase(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_memo: None
+) -> None:
+    files = big_tree(store, 200)
+    previous = manifest_of(store, dict(files))
+    store.put_manifest(previous)
+    dest = tmp_path / "code"
+    store.update_tree(previous.id, dest)
+    diffs: list[int] = []
+    real_changes_since = Manifest.changes_since
+
+    def counting(self: Manifest, base: Manifest) -> Any:
+        diffs.append(1)
+        return real_changes_since(self, base)
+
+    rebased = 0
+    for step in range(MAX_DELTA_CHAIN + 3):
+        files[f"pkg/sub00/mod{step % 5:04}.py"] = b"step %d\n" % step
+        client_side = previous.with_changes(
+            manifest_of(store, dict(files)).changes_since(previous)[0]
+        )
+        written = store.write_manifest(client_side, base=previous.id)
+        rebased += written.base is None
+        _MEMO.clear()  # the pod is another process: it holds only what it last applied
+        store.get_manifest(previous.id)
+        with monkeypatch.context() as m:
+            m.setattr(Manifest, "changes_since", counting)
+            update = store.update_tree(client_side.id, dest)
+        assert diffs == [] and update.changed == (f"pkg/sub00/mod{step % 5:04}.py",)
+        assert (dest / update.changed[0]).read_bytes() == b"step %d\n" % step
+        previous = client_side
+    assert rebased == 1  # one full manifest, with its delta kept beside it
+    assert code(dest) == as_modes(dict(files))

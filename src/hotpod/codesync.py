@@ -34,22 +34,44 @@ Design choices, and why:
   entries, instead of hashing a disk.
 - A manifest is stored only after its blobs, so a store that has the manifest has all of its
   blobs: a repeat sync of unchanged code is a walk, a cache lookup and one ``has_manifest``.
+- Watched syncs, O(changes): a process's first sync of a tree to a store walks it as above and,
+  on Linux, starts an inotify watcher (``hotpod.watch``) on every directory it lists, adding each
+  watch *before* listing the directory, so no change after the listing goes unseen. The process
+  keeps, per (root, store, hash cache), the last manifest and that watcher. The next sync reads
+  the events queued since (the kernel queues one at the time of each write, so every change
+  made before ``sync`` was called is there), looks again at just those paths -- stat, the same
+  ignore rules the walk used for their directory, a hash -- plus the files that are symlinks
+  (their targets may sit in unwatched directories), derives the new manifest and its id from
+  the last in O(changes) (``Manifest.with_changes``), uploads the new blobs and stores the
+  manifest as a delta on the last one. What it cannot judge path by path means a walk and a new
+  watcher: a directory created, removed or renamed (unless the walk ignores it, like
+  ``__pycache__``), any ``.gitignore``/``.hotpodignore`` touched, a full event queue, a watch
+  limit reached, the last manifest gone from the store, no inotify (not Linux) or
+  ``HOTPOD_SYNC_WATCH=0``. Watched syncs do not update the hash cache's entries (a later
+  process's walk rehashes what changed), only the last manifest per store. inotify does not see
+  writes through a hard link from outside the tree, through a shared ``mmap``, or by another
+  machine on a network file system; set ``HOTPOD_SYNC_WATCH=0`` for such trees. A forked child
+  forgets the watchers (it would steal its parent's events) and walks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import stat
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from hotpod import watch
 from hotpod.config import settings
 from hotpod.errors import HotpodError
 from hotpod.store import (
@@ -62,6 +84,7 @@ from hotpod.store import (
     hash_file,
     recent_manifest,
 )
+from hotpod.watch import TreeWatcher
 
 if TYPE_CHECKING:
     import pathspec
@@ -89,6 +112,7 @@ MAX_FILES = 50_000
 MAX_BYTES = 2 * 1024**3
 
 _RACY_NS = 2_000_000_000  # files modified this recently are hashed but not cached
+_CACHE_VERSION = 2  # 2: manifest ids are additive hashes (a version 1 "tree" id is not one)
 # Threads pay off for big files (hashlib releases the GIL); for many small ones they only add
 # contention, as file creation and Python overhead dominate.
 _PARALLEL_BYTES = 64 * 1024 * 1024
@@ -178,10 +202,12 @@ class HashCache:
             self._entries = {}
             try:
                 doc = json.loads(self.path.read_bytes())
-                if doc.get("version") == 1 and isinstance(doc.get("entries"), dict):
+                version = doc.get("version")
+                if version in (1, _CACHE_VERSION) and isinstance(doc.get("entries"), dict):
                     self._entries = doc["entries"]
-                    tree = doc.get("tree")
+                    tree = doc.get("tree") if version == _CACHE_VERSION else None  # 1: old ids
                     self._tree = tree if isinstance(tree, str) and _HEX64.fullmatch(tree) else None
+                    self._dirty = version != _CACHE_VERSION
                 else:
                     self._dirty = True
             except FileNotFoundError:
@@ -276,7 +302,9 @@ class HashCache:
             self._manifests_dirty = not _write_quietly(
                 self.last_path, json.dumps(manifests).encode()
             )
-        entries = self._load()
+        if self._entries is None:
+            return  # never looked at (a sync that knew what changed): nothing to update
+        entries = self._entries
         stale = entries.keys() - self._seen
         if stale:
             for key in stale:
@@ -289,7 +317,7 @@ class HashCache:
         if not self._dirty:
             return  # the file on disk still holds consistent entries and tree
         self._tree = tree
-        doc = {"version": 1, "entries": entries, "tree": tree}
+        doc = {"version": _CACHE_VERSION, "entries": entries, "tree": tree}
         if _write_quietly(self.path, json.dumps(doc, separators=(",", ":")).encode()):
             self._dirty = False
 
@@ -327,6 +355,8 @@ class _Rules(NamedTuple):
 _Chain = tuple[_Rules, ...]
 _Quick = list[tuple[int, Callable[[str], object]]] | None  # see _quick_checks
 _Found = tuple[str, str, os.stat_result]  # relative path, absolute path, stat (of link targets)
+_Link = tuple[str, os.stat_result, int]  # a file that is a symlink: path, target's stat, hashed at
+_Probed = tuple[_Found, bool] | None  # see _probe
 
 _NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
 _UNSAFE_TO_MERGE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(")  # back references, conditionals
@@ -416,7 +446,21 @@ def _check_name(rel: str, path: str) -> str:
     return rel
 
 
-def _walk(root: Path, max_files: int, max_bytes: int) -> tuple[list[_Found], int]:
+class _Seen:
+    """What a walk records for the fast path besides the files: it watches each directory it
+    lists (the watch added first, so nothing after the listing is missed), and notes each
+    directory's prefix and ignore rules and the files that are symlinks."""
+
+    def __init__(self, watcher: TreeWatcher) -> None:
+        self.watcher = watcher
+        self.dirs: dict[str, tuple[str, _Chain]] = {}
+        self.links: dict[str, _Link] = {}
+        self.started_ns = time.time_ns()  # no digest the walk uses was taken after this
+
+
+def _walk(
+    root: Path, max_files: int, max_bytes: int, seen: _Seen | None = None
+) -> tuple[list[_Found], int]:
     """Every file under ``root`` that the ignore rules keep, with its stat (targets for links),
     and their total size; :class:`CodeSyncError` as soon as there are too many or too much.
 
@@ -432,6 +476,8 @@ def _walk(root: Path, max_files: int, max_bytes: int) -> tuple[list[_Found], int
     total = 0
     while stack:
         directory, prefix, chain, quick = stack.pop()
+        if seen is not None:
+            seen.watcher.add(directory)
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
@@ -442,6 +488,8 @@ def _walk(root: Path, max_files: int, max_bytes: int) -> tuple[list[_Found], int
             if rules is not None:
                 chain = (*chain, rules)
                 quick = _quick_checks(chain)
+        if seen is not None:
+            seen.dirs[directory] = (prefix, chain)
         plain = prefix.isascii() and "\\" not in prefix  # else each path below is checked
         subdirs = []
         for entry in entries:
@@ -473,6 +521,8 @@ def _walk(root: Path, max_files: int, max_bytes: int) -> tuple[list[_Found], int
                     real = os.path.realpath(entry.path)
                     if os.path.commonpath([real_root, real]) != real_root:
                         continue  # a file outside the root
+                    if seen is not None:
+                        seen.links[rel] = (entry.path, st, seen.started_ns)
                 else:
                     continue  # a fifo, socket or device
             except OSError:
@@ -584,11 +634,17 @@ class _Tree:
         return self._manifest
 
 
-def _build(root: Path, cache: HashCache | None, max_files: int, max_bytes: int) -> _Tree:
+def _build(
+    root: Path,
+    cache: HashCache | None,
+    max_files: int,
+    max_bytes: int,
+    seen: _Seen | None = None,
+) -> _Tree:
     """Walk the resolved directory ``root`` and hash what the cache does not know."""
     if not root.is_dir():
         raise CodeSyncError(f"Cannot sync {root}: it is not a directory.")
-    found, total = _walk(root, max_files, max_bytes)
+    found, total = _walk(root, max_files, max_bytes, seen)
     if cache is not None:
         lookup = cache.lookup
         digests = [lookup(path, st) or "" for _, path, st in found]
@@ -659,6 +715,267 @@ def _upload(
     return uploads
 
 
+# ---------------------------------------------------------------------------------------------
+# the fast path: what changed, from the watcher
+
+
+@dataclass
+class _Live:
+    """What this process knows about a tree it synced to a store: the last manifest it stored
+    there, the watcher started by the walk that built it, and what the walk saw."""
+
+    manifest: Manifest
+    watcher: TreeWatcher
+    dirs: dict[str, tuple[str, _Chain]]  # absolute directory -> (prefix, ignore rules in force)
+    links: dict[str, _Link]  # the files that are symlinks, by relative path
+    total: int
+    real_root: str
+    lock: threading.Lock
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+_LiveKey = tuple[str, str, str]  # (root, store identity, hash cache path)
+_LIVE: OrderedDict[_LiveKey, _Live] = OrderedDict()
+_LIVE_LOCK = threading.Lock()
+_LIVE_MAX = 8  # trees watched at once (each holds an inotify instance: 128 per user by default)
+
+
+def _live_get(key: _LiveKey) -> _Live | None:
+    with _LIVE_LOCK:
+        live = _LIVE.get(key)
+        if live is not None:
+            _LIVE.move_to_end(key)
+        return live
+
+
+def _live_put(key: _LiveKey, live: _Live | None) -> None:
+    """Remember ``live`` for ``key`` (None: forget it), closing what it replaces or evicts."""
+    dropped: list[_Live] = []
+    with _LIVE_LOCK:
+        old = _LIVE.pop(key, None)
+        if old is not None and old is not live:
+            dropped.append(old)
+        if live is not None:
+            _LIVE[key] = live
+            while len(_LIVE) > _LIVE_MAX:
+                dropped.append(_LIVE.popitem(last=False)[1])
+    for item in dropped:
+        item.close()
+
+
+def forget_watches() -> None:
+    """Drop every tree's watcher and last manifest: the next sync of each walks (as a new
+    process's first sync does)."""
+    with _LIVE_LOCK:
+        items = list(_LIVE.values())
+        _LIVE.clear()
+    for item in items:
+        item.close()
+
+
+def _forget_after_fork() -> None:
+    # The child shares the parent's inotify queues: reading them would steal the parent's events.
+    # (No locking: a lock another thread held at the fork stays held in the child forever.)
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()
+    _LIVE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _watching() -> bool:
+    """Whether syncs keep watchers (Linux, unless ``HOTPOD_SYNC_WATCH=0``)."""
+    return os.environ.get("HOTPOD_SYNC_WATCH", "1") != "0" and watch.available()
+
+
+def _dir_ignored(prefix: str, chain: _Chain, name: str) -> bool:
+    """Whether the walk skips a directory named ``name`` in a directory with these rules."""
+    if name in ALWAYS_SKIP or name.endswith(SKIP_SUFFIXES):
+        return True
+    return bool(chain) and _ignored(prefix + name, True, chain)
+
+
+class _WalkNeeded(Exception):
+    """The fast path cannot tell what changed: walk."""
+
+
+def _probe(real_root: str, directory: str, prefix: str, chain: _Chain, name: str) -> _Probed:
+    """``name`` in a walked directory as the walk would take it now: its :data:`_Found` and
+    whether it is a symlink, if the walk would list it as a file; None if the walk would skip
+    it (ignored, gone, a link out of the root, not a file). :class:`_WalkNeeded` if it is a
+    directory the walk would descend into."""
+    if name in ALWAYS_SKIP or name.endswith(SKIP_SUFFIXES):
+        return None
+    rel = prefix + name
+    path = os.path.join(directory, name)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        if chain and _ignored(rel, True, chain):
+            return None
+        raise _WalkNeeded
+    if chain and _ignored(rel, False, chain):
+        return None
+    if not prefix and name in RESERVED:
+        return None
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # broken
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            return None
+    elif not stat.S_ISREG(st.st_mode):
+        return None
+    if not rel.isascii() or "\\" in rel:
+        _check_name(rel, path)
+    return (rel, path, st), link
+
+
+class _Delta(NamedTuple):
+    """What the fast path found: the new manifest and what goes with it."""
+
+    manifest: Manifest
+    found: dict[str, _Found]  # files (re)hashed, by relative path
+    links: dict[str, _Link]
+    total: int
+
+
+def _changes(live: _Live, max_files: int, max_bytes: int) -> _Delta:
+    """The tree's manifest now, from the last one and the watcher's events: only the paths
+    touched are looked at, and the files reached through symlinks (whose targets may be in
+    directories nobody watches). :class:`_WalkNeeded` when a walk is needed: a directory or an
+    ignore file changed, the watcher cannot tell, or a limit may be crossed."""
+    events = live.watcher.changes()
+    if events is None:
+        raise _WalkNeeded
+    dirs = live.dirs
+    for path in events.dirs:
+        parent, name = os.path.split(path)
+        info = dirs.get(parent)
+        if info is None or not _dir_ignored(info[0], info[1], name):
+            raise _WalkNeeded  # a directory came, went or changed (or the root itself)
+    old = live.manifest
+    found: dict[str, _Found] = {}
+    links_found: set[str] = set()
+    gone: set[str] = set()
+
+    def look(path: str) -> None:
+        parent, name = os.path.split(path)
+        info = dirs.get(parent)
+        if info is None or name in IGNORE_FILES:
+            raise _WalkNeeded  # not a directory the walk listed, or the ignore rules changed
+        probed = _probe(live.real_root, parent, info[0], info[1], name)
+        rel = info[0] + name
+        if probed is None:
+            gone.add(rel)
+        else:
+            found[rel] = probed[0]
+            if probed[1]:
+                links_found.add(rel)
+
+    for path in events.files:
+        look(path)
+    links = live.links
+    for rel, (path, before, hashed_ns) in links.items():
+        if rel in found or rel in gone:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if (
+            st is not None
+            and (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+            == (before.st_size, before.st_mtime_ns, before.st_ino, before.st_mode)
+            and st.st_mtime_ns <= hashed_ns - _RACY_NS
+        ):
+            continue  # unchanged, and old enough for its stat to say so
+        look(path)
+    now_ns = time.time_ns()
+    todo = list(found.values())
+    hashed = _map(_hash_stable, todo, sum(st.st_size for _, _, st in todo))
+    changed: dict[str, FileEntry] = {}
+    total = live.total
+    new_links = {rel: link for rel, link in links.items() if rel not in found and rel not in gone}
+    for (rel, path, _), (digest, st) in zip(todo, hashed, strict=True):
+        found[rel] = (rel, path, st)
+        entry = FileEntry._unchecked(
+            digest, 0o755 if st.st_mode & stat.S_IXUSR else 0o644, st.st_size
+        )
+        before_entry = old.lookup(rel)
+        if before_entry != entry:
+            changed[rel] = entry
+            total += entry.size - (before_entry.size if before_entry is not None else 0)
+        if rel in links_found:
+            new_links[rel] = (path, st, now_ns)
+    removed = [rel for rel in gone if rel in old]
+    for rel in removed:
+        total -= old[rel].size
+    manifest = live.manifest
+    if changed or removed:
+        if len(manifest) + len(changed) > max_files or total > max_bytes:
+            raise _WalkNeeded  # maybe too big: the walk says so, naming what is largest
+        manifest = manifest.with_changes(changed, removed)
+    return _Delta(manifest, found, new_links, total)
+
+
+def _sync_fast(
+    live: _Live, root: Path, store: Store, cache: HashCache, max_files: int, max_bytes: int
+) -> SyncResult | None:
+    """Sync from the watcher's events (O(changes)); None when a walk is needed."""
+    t0 = time.perf_counter()
+    base = live.manifest
+    if not live.watcher.ok or not store.has_manifest(base.id):
+        return None  # the base of the delta (and so its blobs) must still be there
+    try:
+        delta = _changes(live, max_files, max_bytes)
+    except _WalkNeeded:
+        return None
+    manifest = delta.manifest
+    uploads: list[tuple[str, Path, int]] = []
+    written = ManifestWrite(manifest.id, 0)
+    if manifest is not base and not store.has_manifest(manifest.id):
+        origin = manifest.origin
+        digests = {e.digest for e in origin.changed.values()} if origin is not None else set()
+        lacking = store.missing(digests) if digests else set()
+        if lacking:
+            first: dict[str, tuple[Path, int]] = {}
+            for rel, path, st in delta.found.values():
+                digest = manifest[rel].digest
+                if digest in lacking and digest not in first:
+                    first[digest] = (Path(path), st.st_size)
+            uploads = [(d, *first[d]) for d in sorted(lacking)]
+            _map(lambda u: store.put_file(u[1], u[0]), uploads, sum(u[2] for u in uploads))
+        written = store.write_manifest(manifest, base.id)
+    live.manifest = manifest
+    live.links = delta.links
+    live.total = delta.total
+    cache.remember_manifest(store.identity, manifest.id)
+    cache.save()
+    return SyncResult(
+        root=root,
+        manifest_id=manifest.id,
+        files=len(manifest),
+        total_bytes=delta.total,
+        uploaded_files=len(uploads),
+        uploaded_bytes=sum(size for _, _, size in uploads),
+        seconds=time.perf_counter() - t0,
+        manifest_bytes=written.bytes_written,
+        delta_base=written.base,
+    )
+
+
 def sync(
     root: Path,
     store: Store,
@@ -673,13 +990,67 @@ def sync(
     remembers the last manifest this root stored in each store: the next manifest is passed to
     :meth:`Store.put_manifest` as a delta on it, so a small change to a large tree sends the
     changed files and a small manifest delta.
+
+    The first sync of a tree to a store in a process walks it; on Linux it also starts an
+    inotify watcher on the directories it walked, and the next syncs in this process look only
+    at the paths the watcher reports touched (O(changes), not O(files)), falling back to a walk
+    when a directory or an ignore file changed or the watcher cannot tell. A change made before
+    ``sync`` is called is always seen: the kernel queued its event when it happened.
     """
     t0 = time.perf_counter()
     root = Path(root).resolve()
     cache = HashCache.for_root(root, cache_dir)
-    tree = _build(root, cache, max_files, max_bytes)
+    watching = _watching()
+    key = (str(root), store.identity, str(cache.path))
+    live = _live_get(key) if watching else None
+    if live is not None:
+        with live.lock:
+            try:
+                fast = _sync_fast(live, root, store, cache, max_files, max_bytes)
+            except BaseException:
+                _live_put(key, None)  # its events were read: the next sync must walk
+                raise
+            if fast is not None:
+                return dataclasses.replace(fast, seconds=time.perf_counter() - t0)
+        _live_put(key, None)
+    seen = _Seen(TreeWatcher(str(root))) if watching else None
+    try:
+        result, manifest = _sync_walk(root, store, cache, max_files, max_bytes, seen)
+    except BaseException:
+        if seen is not None:
+            seen.watcher.close()
+        raise
+    if seen is not None:
+        if seen.watcher.ok and manifest is not None:
+            live = _Live(
+                manifest=manifest,
+                watcher=seen.watcher,
+                dirs=seen.dirs,
+                links=seen.links,
+                total=result.total_bytes,
+                real_root=os.path.realpath(root),
+                lock=threading.Lock(),
+            )
+            _live_put(key, live)
+        else:
+            seen.watcher.close()
+    return dataclasses.replace(result, seconds=time.perf_counter() - t0)
+
+
+def _sync_walk(
+    root: Path,
+    store: Store,
+    cache: HashCache,
+    max_files: int,
+    max_bytes: int,
+    seen: _Seen | None,
+) -> tuple[SyncResult, Manifest | None]:
+    """The sync that walks the tree; the manifest too when ``seen`` (the fast path's base)."""
+    t0 = time.perf_counter()
+    tree = _build(root, cache, max_files, max_bytes, seen)
     key = store.identity
     uploads: list[tuple[str, Path, int]] = []
+    manifest: Manifest | None = None
     try:
         base = cache.last_manifest(key)
         manifest_id = tree.known_id
@@ -692,9 +1063,15 @@ def sync(
             uploads = _upload(root, store, tree, previous)
             written = store.write_manifest(tree.manifest(previous), base)
         cache.remember_manifest(key, manifest_id)
+        if seen is not None and seen.watcher.ok:
+            manifest = recent_manifest(manifest_id)
+            if manifest is None:
+                manifest = tree.manifest(recent_manifest(base) if base else None)
+                if tree.known_id is not None:
+                    manifest._sum = int(tree.known_id, 16)  # vouched for by the hash cache
     finally:
         cache.save()
-    return SyncResult(
+    result = SyncResult(
         root=root,
         manifest_id=manifest_id,
         files=len(tree.found),
@@ -705,6 +1082,7 @@ def sync(
         manifest_bytes=written.bytes_written,
         delta_base=written.base,
     )
+    return result, manifest
 
 
 __all__ = [
@@ -716,5 +1094,6 @@ __all__ = [
     "SyncResult",
     "build_manifest",
     "find_project_root",
+    "forget_watches",
     "sync",
 ]

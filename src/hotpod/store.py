@@ -1,9 +1,9 @@
 """The content-addressed store: blobs named by their sha256, and manifests of file trees.
 
 A blob is a file's bytes, stored once under its sha256 hex digest. A :class:`Manifest` maps
-relative POSIX paths to :class:`FileEntry` (digest, mode, size) and is itself named by the sha256
-of its canonical JSON, so equal trees get equal ids on every machine and a manifest id pins code
-exactly. Code sync (``hotpod.codesync``) uploads only the blobs a store lacks; a pod turns a
+relative POSIX paths to :class:`FileEntry` (digest, mode, size) and is itself named by a hash of
+its entries (see "Manifest ids" below), so equal trees get equal ids on every machine and a
+manifest id pins code exactly. Code sync (``hotpod.codesync``) uploads only the blobs a store lacks; a pod turns a
 manifest id back into a directory with :meth:`Store.materialize` (a new snapshot) or
 :meth:`Store.update_tree` (one directory kept current in place).
 
@@ -30,21 +30,43 @@ Design choices, and why:
   one copy plus a link per file. A previous file is trusted only if its size, mode and mtime show
   it was not modified after its snapshot was completed (mtime not newer than the marker); hard
   links do mean that an in-place write to a shared file shows in both snapshots.
+- Manifest ids are an additive multiset hash, so that a changed manifest's id follows from the
+  old id and the changed entries alone (O(changes), not O(files)): each entry ``(path, digest,
+  mode, size)`` is hashed to a 256-bit integer ``h = sha256(path NUL digest NUL mode NUL size)``
+  (injective: paths hold no NUL, the other fields are fixed-format), and the id is the 64-hex-digit
+  form of ``(SEED + sum of h over the entries) mod 2**256``, with ``SEED`` a fixed constant.
+  Adding an entry adds its ``h``, removing one subtracts it (:meth:`Manifest.with_changes`,
+  delta resolution, :meth:`Store.update_tree` all do this); :meth:`Manifest.recompute_id` is the
+  full O(files) computation, used to verify. Collisions: paths are distinct, so two different
+  manifests differ by a sum of some ``h`` values with coefficients +1 and -1; with sha256 taken
+  as a random function that sum is uniform mod ``2**256``, so two given different manifests
+  share an id with probability ``2**-256``, and among ``n`` manifests ever made with probability
+  below ``n**2 / 2**257`` -- as for sha256 itself. That argument is for manifests nobody crafts
+  to collide: unlike sha256, a modular sum of hashes is not collision resistant against an
+  adversary (generalized-birthday and lattice attacks find entry sets with equal sums far
+  faster than ``2**128``), which is acceptable because a manifest id only names code that its
+  owner uploaded to their own store; blobs stay named by their sha256, which is verified.
 - Manifest deltas: ``put_manifest(manifest, base=...)`` stores a manifest as a delta on a stored
   base (the base id, the entries set and the paths removed) when that is smaller than the full
   manifest, so a one-file change to a large tree stores (and, for a remote store, sends) a few
-  hundred bytes. The id is still the sha256 of the full canonical JSON, and ``get_manifest``
-  resolves chains transparently and verifies the result against the id. A chain holds at most
-  :data:`MAX_DELTA_CHAIN` deltas: the next manifest is stored in full (a rebase), which bounds
-  the files read to resolve one. Verified manifests are memoized in-process (by id, which names
-  content on every store), so resolving a delta on a recently used base costs only the delta.
+  hundred bytes. A manifest derived with :meth:`Manifest.with_changes` remembers what it changed
+  (:attr:`Manifest.origin`), so storing it as a delta on that base costs O(changes) too.
+  ``get_manifest`` resolves chains transparently and verifies the result against the id. A chain
+  holds at most :data:`MAX_DELTA_CHAIN` deltas: the next manifest is stored in full (a rebase),
+  which bounds the files read to resolve one, and its delta is kept beside it
+  (``<id>.delta.json``) for readers that hold the base. Verified manifests are memoized
+  in-process (by id, which names content on every store), so resolving a delta on a recently
+  used base costs only the delta: the entries are copied (a dict copy) but nothing is hashed or
+  compared beyond the changed entries.
 - In-place trees (:meth:`Store.update_tree`) are the mutable sibling of snapshots: one directory
   brought from manifest to manifest by writing only the changed files (each atomically: a temp
   file beside it and ``os.replace``) and removing deleted ones, with the marker rewritten last.
   Before touching anything the target id is appended to a ``.hotpod-manifest.next`` note, so a
   run cut short is repaired by the next one, whatever manifest that one asks for: the files in
   question are those that differ between the marker's manifest, the noted ones and the new one,
-  and a file already at its new content is detected by size, mode and digest.
+  and a file already at its new content is detected by size, mode and digest. When nothing is
+  pending and the new manifest was resolved as a delta on the marker's manifest (the usual
+  redeploy), the delta itself says what to write and remove: no full diff.
 """
 
 from __future__ import annotations
@@ -67,7 +89,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring as _encode_str  # what json.dumps uses for str
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from hotpod.errors import HotpodError
 
@@ -86,12 +108,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BAD_PATH = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\\\x00]")
 _CHUNK = 1 << 16  # small enough that tiny files cost no big allocation
 _MODES = (0o644, 0o755)
-_FORMAT_VERSION = 1
-_DELTA_VERSION = 2
+_FORMAT_VERSION = 2  # 2: ids are additive multiset hashes (1: sha256 of the JSON)
+_DELTA_VERSION = 3
+_ID_MOD = 1 << 256
+_ID_SEED = int.from_bytes(hashlib.sha256(b"hotpod manifest id, additive, v2").digest(), "big")
 _RESOLVE_LIMIT = 4 * MAX_DELTA_CHAIN  # links followed before a chain is called corrupt (cycles)
 _MIN_ENTRY_JSON = len('"x":["' + "0" * 64 + '",420,0],')  # the shortest entry of a full manifest
 _TMP_PREFIX = ".hotpod-tmp-"
 _DELTA_HEAD = re.compile(rb'\{"base":"[0-9a-f]{64}","depth":([0-9]{1,4}),')
+_DELTA_BASE = re.compile(rb'\{"base":"([0-9a-f]{64})"')
 
 
 class StoreError(HotpodError):
@@ -171,10 +196,45 @@ def check_rel_path(path: str) -> str:
     return path
 
 
+def _entry_hash(path: str, entry: FileEntry) -> int:
+    """The 256-bit integer one entry adds to its manifest's id (see the module docstring)."""
+    data = f"{path}\0{entry.digest}\0{entry.mode}\0{entry.size}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(data).digest(), "big")
+
+
+def _full_sum(entries: Mapping[str, FileEntry]) -> int:
+    """The id of a manifest with ``entries``, as an integer: O(entries)."""
+    sha256 = hashlib.sha256
+    from_bytes = int.from_bytes
+    total = sum(
+        [
+            from_bytes(
+                sha256(
+                    f"{p}\0{e.digest}\0{e.mode}\0{e.size}".encode("utf-8", "surrogatepass")
+                ).digest(),
+                "big",
+            )
+            for p, e in entries.items()
+        ]
+    )
+    return (_ID_SEED + total) % _ID_MOD
+
+
+class ManifestDelta(NamedTuple):
+    """How a manifest follows from the manifest ``base``: entries set and paths removed (only
+    those that differ from the base)."""
+
+    base: str
+    changed: Mapping[str, FileEntry]
+    removed: tuple[str, ...]
+
+
 class Manifest(Mapping[str, FileEntry]):
     """An immutable mapping of relative POSIX path -> :class:`FileEntry`, named by :attr:`id`."""
 
-    __slots__ = ("_digests", "_entries", "_id")
+    # _entries is in path order when _ordered (always, unless derived with new paths: then it is
+    # put in order on first iteration); _keys, when known, is the sorted list of paths.
+    __slots__ = ("_digests", "_entries", "_id", "_keys", "_ordered", "_origin", "_sum")
 
     def __init__(self, entries: Mapping[str, FileEntry] | Iterable[tuple[str, FileEntry]] = ()):
         items = dict(entries)
@@ -192,26 +252,66 @@ class Manifest(Mapping[str, FileEntry]):
         if clash:
             raise StoreError(f"Manifest path {clash[0]!r} is both a file and a directory.")
         self._entries = dict(sorted(items.items()))
+        self._ordered = True
+        self._keys: list[str] | None = None
         self._id: str | None = None
+        self._sum: int | None = None
         self._digests: frozenset[str] | None = None
+        self._origin: ManifestDelta | None = None
 
     @classmethod
-    def _trusted(cls, entries: dict[str, FileEntry], *, sort: bool = True) -> Manifest:
-        """A manifest of ``entries`` known to be valid (skips the checks; sorts unless told)."""
+    def _trusted(
+        cls,
+        entries: dict[str, FileEntry],
+        *,
+        sort: bool = True,
+        id_sum: int | None = None,
+        ordered: bool = True,
+        keys: list[str] | None = None,
+    ) -> Manifest:
+        """A manifest of ``entries`` known to be valid (skips the checks; sorts unless told).
+        ``id_sum``: its id as an integer, when known (else computed on first use of the id).
+        ``ordered=False``: ``entries`` are not in path order (put in order when iterated);
+        ``keys``: the sorted paths, if known (never modified: shared between manifests)."""
         manifest = cls.__new__(cls)
         manifest._entries = dict(sorted(entries.items())) if sort else entries
+        manifest._ordered = sort or ordered
+        manifest._keys = keys
         manifest._id = None
+        manifest._sum = id_sum
         manifest._digests = None
+        manifest._origin = None
         return manifest
+
+    def _in_order(self) -> dict[str, FileEntry]:
+        """The entries, in path order (put in order now if they were not)."""
+        if not self._ordered:
+            entries = self._entries
+            self._entries = {path: entries[path] for path in self._sorted_keys()}
+            self._ordered = True
+        return self._entries
+
+    def _sorted_keys(self) -> list[str]:
+        """The paths in order, computed once (do not modify the list)."""
+        if self._keys is None:
+            self._keys = list(self._entries) if self._ordered else sorted(self._entries)
+        return self._keys
+
+    def lookup(self, path: str) -> FileEntry | None:
+        """The entry for ``path``, or None: one dict lookup."""
+        return self._entries.get(path)
 
     def __getitem__(self, path: str) -> FileEntry:
         return self._entries[path]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._in_order())
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._entries
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Manifest):
@@ -226,10 +326,23 @@ class Manifest(Mapping[str, FileEntry]):
 
     @property
     def id(self) -> str:
-        """sha256 of the canonical JSON encoding (:meth:`to_json`)."""
+        """The additive multiset hash of the entries, 64 hex digits (see the module docstring).
+        Computed once (O(files)), or derived from the base's id (O(changes))."""
         if self._id is None:
-            self._id = hash_bytes(self.to_json().encode())
+            if self._sum is None:
+                self._sum = _full_sum(self._entries)
+            self._id = f"{self._sum:064x}"
         return self._id
+
+    def recompute_id(self) -> str:
+        """The id computed from every entry, ignoring what is cached or was derived: to verify."""
+        return f"{_full_sum(self._entries):064x}"
+
+    @property
+    def origin(self) -> ManifestDelta | None:
+        """How this manifest was derived, when it was: from :meth:`with_changes` (on ``self``),
+        or resolved from a delta chain (on the manifest the chain was applied to)."""
+        return self._origin
 
     @property
     def total_bytes(self) -> int:
@@ -241,8 +354,8 @@ class Manifest(Mapping[str, FileEntry]):
 
     @property
     def entries(self) -> Mapping[str, FileEntry]:
-        """A read-only view of the entries (its ``get`` is a plain dict lookup)."""
-        return MappingProxyType(self._entries)
+        """A read-only view of the entries (its ``get`` is a plain dict lookup), in path order."""
+        return MappingProxyType(self._in_order())
 
     @property
     def digest_set(self) -> frozenset[str]:
@@ -259,20 +372,29 @@ class Manifest(Mapping[str, FileEntry]):
         ``json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
         """
         files = ",".join(
-            [f'{_encode_str(p)}:["{e.digest}",{e.mode},{e.size}]' for p, e in self._entries.items()]
+            [
+                f'{_encode_str(p)}:["{e.digest}",{e.mode},{e.size}]'
+                for p, e in self._in_order().items()
+            ]
         )
         return f'{{"files":{{{files}}},"version":{_FORMAT_VERSION}}}'
 
     def changes_since(self, base: Manifest) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
-        """What turns ``base`` into this manifest: (entries added or changed, paths removed)."""
+        """What turns ``base`` into this manifest: (entries added or changed, paths removed).
+
+        O(changes) when this manifest was derived from ``base`` (:attr:`origin`), else a full
+        comparison."""
+        origin = self._origin
+        if origin is not None and origin.base == base.id:
+            return dict(origin.changed), origin.removed
         theirs = base._entries
         changed = {
             path: entry
-            for path, entry in self._entries.items()
+            for path, entry in self._in_order().items()
             if (old := theirs.get(path)) is not entry and old != entry
         }
         mine = self._entries
-        removed = tuple(path for path in theirs if path not in mine)
+        removed = tuple(path for path in base._in_order() if path not in mine)
         return changed, removed
 
     def with_changes(
@@ -280,8 +402,9 @@ class Manifest(Mapping[str, FileEntry]):
     ) -> Manifest:
         """This manifest with ``changed`` entries set and ``removed`` paths dropped.
 
-        Only what changes is validated (new paths, entries, file/directory clashes), so deriving
-        a manifest costs O(changes) checks plus a copy. A removed path must be present.
+        Only what changes is validated (new paths, entries, file/directory clashes) and hashed:
+        the new id is derived from this one in O(changes); the entries are copied (a dict copy).
+        The result remembers the changes (:attr:`origin`). A removed path must be present.
         """
         return _apply(self, [(changed, removed)])
 
@@ -304,35 +427,80 @@ class Manifest(Mapping[str, FileEntry]):
 def _apply(
     base: Manifest, steps: Iterable[tuple[Mapping[str, FileEntry], Iterable[str]]]
 ) -> Manifest:
-    """``base`` with each step's (changed entries, removed paths) applied in turn."""
-    entries = dict(base._entries)
-    added: set[str] = set()
+    """``base`` with each step's (changed entries, removed paths) applied in turn.
+
+    The id is derived from the base's (its hash minus the entries replaced or removed plus the
+    new ones), and the result's :attr:`Manifest.origin` is the net change from ``base``.
+    """
+    base_id = base.id
+    acc = base._sum if base._sum is not None else int(base_id, 16)
+    base_entries = base._entries
+    entries = dict(base_entries)
+    appended = False  # a path was (re)inserted: the dict is no longer in path order
+    touched: dict[str, None] = {}  # an ordered set
     for changed, removed in steps:
         for path in removed:
-            if entries.pop(path, None) is None:
+            old = entries.pop(path, None)
+            if old is None:
                 raise StoreError(f"Cannot remove {path!r} from a manifest that has no such file.")
-            added.discard(path)
+            acc -= _entry_hash(path, old)
+            touched[path] = None
         for path, entry in changed.items():
-            if path not in entries:
-                check_rel_path(path)
-                added.add(path)
             if not isinstance(entry, FileEntry):
                 raise StoreError(f"Manifest entry for {path!r} is not a FileEntry: {entry!r}.")
+            old = entries.get(path)
+            if old is None:
+                check_rel_path(path)
+                appended = True
+            elif old is entry or old == entry:
+                continue
+            else:
+                acc -= _entry_hash(path, old)
+            acc += _entry_hash(path, entry)
             entries[path] = entry
-    if not added:  # changes in place and removals keep the sorted order
-        return Manifest._trusted(entries, sort=False)
-    keys = sorted(entries)
-    for path in added:
-        parent = path.rpartition("/")[0]
-        while parent:
-            if parent in entries:
-                raise StoreError(f"Manifest path {parent!r} is both a file and a directory.")
-            parent = parent.rpartition("/")[0]
-        below = path + "/"
-        i = bisect.bisect_left(keys, below)
-        if i < len(keys) and keys[i].startswith(below):
-            raise StoreError(f"Manifest path {path!r} is both a file and a directory.")
-    return Manifest._trusted({k: entries[k] for k in keys}, sort=False)
+            touched[path] = None
+    acc %= _ID_MOD
+    net: dict[str, FileEntry] = {}
+    gone: list[str] = []
+    added: list[str] = []
+    for path in touched:
+        now = entries.get(path)
+        was = base_entries.get(path)
+        if now is None:
+            if was is not None:
+                gone.append(path)
+        elif was is None or (was is not now and was != now):
+            net[path] = now
+            if was is None:
+                added.append(path)
+    keys = base._keys
+    if added or gone:
+        if keys is not None or added:  # the sorted paths: kept up to date by bisection
+            keys = list(base._sorted_keys())
+            for path in gone:
+                del keys[bisect.bisect_left(keys, path)]
+            for path in added:
+                bisect.insort(keys, path)
+        for path in added:
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in entries:
+                    raise StoreError(f"Manifest path {parent!r} is both a file and a directory.")
+                parent = parent.rpartition("/")[0]
+            below = path + "/"
+            assert keys is not None
+            i = bisect.bisect_left(keys, below)
+            if i < len(keys) and keys[i].startswith(below):
+                raise StoreError(f"Manifest path {path!r} is both a file and a directory.")
+    manifest = Manifest._trusted(
+        entries,
+        sort=False,
+        id_sum=acc,
+        ordered=base._ordered and not appended,
+        keys=keys,
+    )
+    manifest._origin = ManifestDelta(base_id, net, tuple(sorted(gone)))
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +542,9 @@ class _Memo:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 _MEMO = _Memo()
@@ -592,8 +763,11 @@ class Store(ABC):
         checked and rewritten as needed, but files that manifest alone had cannot be told from
         others' and stay. Calling it again is a no-op, and a run cut short (crash, error) is
         completed or redirected by the next call: see the module docstring. Beyond comparing
-        manifests, the work is proportional to the files that changed. One caller at a time
-        per directory.
+        manifests, the work is proportional to the files that changed; and when nothing is
+        pending and the new manifest resolves as a delta on the marker's manifest (which this
+        process holds, e.g. because it made the last update), there is no comparison either:
+        the delta's entries are written and its removed paths deleted, O(changes). One caller at
+        a time per directory.
         """
         t0 = time.perf_counter()
         check_digest(manifest_id, "manifest id")
@@ -608,7 +782,7 @@ class Store(ABC):
         old = Manifest() if current is None else self._known(current)
         noted = [self._known(i) for i in pending if i not in (current, manifest_id)]
         new = self.get_manifest(manifest_id)
-        reserved = RESERVED.intersection(new)
+        reserved = [name for name in RESERVED if name in new]
         if reserved:
             raise StoreError(
                 f"Manifest {manifest_id} contains the reserved path {min(reserved)!r}."
@@ -625,6 +799,10 @@ class Store(ABC):
         # new manifest in the marker's manifest or in one an unfinished run was heading to.
         todo: list[str]
         gone: list[str]
+        if not noted and old is not None and current is not None:
+            delta = self._delta_from(old, new)
+            if delta is not None:  # the usual redeploy: the delta on the marker's manifest
+                return self._apply_delta(dest, new, current, delta, bool(pending), t0)
         befores = [m for m in (old, *noted) if m is not None]
         diffs = [new.changes_since(m) for m in befores]
         unknown = len(befores) < 1 + len(noted)  # a manifest no longer in the store
@@ -651,6 +829,54 @@ class Store(ABC):
         _atomic_write(dest / MARKER, manifest_id.encode(), mode=0o644)
         _unlink(str(dest / PENDING))
         return TreeUpdate(manifest_id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
+
+    def _apply_delta(
+        self,
+        dest: Path,
+        new: Manifest,
+        current: str,
+        delta: ManifestDelta,
+        resuming: bool,
+        t0: float,
+    ) -> TreeUpdate:
+        """:meth:`update_tree` from the marker's manifest ``current`` to ``new``, which is
+        ``current`` changed by ``delta``: write its entries, remove its removed paths."""
+        todo = sorted(delta.changed)
+        gone = list(delta.removed)
+        if resuming:
+            _drop_temps(dest, [*todo, *gone])
+        made: set[str] = set()
+        for path in todo:
+            entry = new[path]
+            if resuming and _holds(dest / path, entry):
+                continue
+            self._place(dest, path, entry, made)
+        for path in gone:
+            _remove(dest, path)
+        _prune(dest, gone)
+        _atomic_write(dest / MARKER, new.id.encode(), mode=0o644)
+        _unlink(str(dest / PENDING))
+        return TreeUpdate(new.id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
+
+    def _delta_from(self, old: Manifest, new: Manifest) -> ManifestDelta | None:
+        """What turns ``old`` into ``new`` without comparing them whole: how ``new`` was derived
+        (:attr:`Manifest.origin`), or the delta it is stored as; None if neither is on ``old``.
+        A stored delta is checked against the ids (O(changes))."""
+        origin = new.origin
+        if origin is not None and origin.base == old.id:
+            return origin
+        stored = self._stored_delta(new.id)
+        if stored is None or stored.base != old.id:
+            return None
+        try:
+            derived = old.with_changes(stored.changed, stored.removed)
+        except StoreError:
+            return None
+        return derived.origin if derived.id == new.id else None
+
+    def _stored_delta(self, manifest_id: str) -> ManifestDelta | None:
+        """The delta the manifest is stored as (or kept beside it, for a rebase), if any."""
+        return None
 
     def _known(self, manifest_id: str) -> Manifest | None:
         """The manifest if the store has it, else None."""
@@ -924,41 +1150,64 @@ class LocalStore(Store):
         check_digest(manifest_id, "manifest id")
         return self._manifests / f"{manifest_id}.json"
 
+    def _side_path(self, manifest_id: str) -> Path:
+        """Where a rebased manifest keeps its delta on the previous one (see the module doc)."""
+        return self._manifests / f"{manifest_id}.delta.json"
+
     def write_manifest(self, manifest: Manifest, base: str | None = None) -> ManifestWrite:
         manifest_id = manifest.id
         target = self._manifest_path(manifest_id)
         if target.exists():
             return ManifestWrite(manifest_id, 0)
         data: bytes | None = None
-        needed: Iterable[str] = ()
+        side: bytes | None = None
+        needed: Iterable[str] | None = None
         if base is not None and check_digest(base, "manifest id") != manifest_id:
             delta = self._delta(manifest, base)
             if delta is not None:
-                data, needed = delta
+                encoded, needed, rebase = delta
+                if rebase:
+                    side = encoded  # kept beside the full manifest, for readers holding the base
+                else:
+                    data = encoded
         if data is None:
             base = None
-            data, needed = manifest.to_json().encode(), manifest.digests
-        lacking = self.missing(needed)  # a delta's base has all of its own blobs already
+            data = manifest.to_json().encode()
+            if needed is None:
+                needed = manifest.digest_set
+        # a stored base has all of its own blobs already: only a delta's new ones are checked
+        lacking = self.missing(needed or ())
         if lacking:
             raise StoreError(
                 f"Cannot store manifest {manifest_id}: {len(lacking)} of its blobs are not "
                 f"in the store (e.g. {min(lacking)}). Upload the files first."
             )
+        if side is not None:
+            try:
+                _atomic_write(self._side_path(manifest_id), side, mode=0o444)
+            except OSError:
+                pass  # only a shortcut
         _atomic_write(target, data, mode=0o444)
         _MEMO.put(manifest)
         return ManifestWrite(manifest_id, len(data), base)
 
-    def _delta(self, manifest: Manifest, base: str) -> tuple[bytes, set[str]] | None:
-        """The delta encoding of ``manifest`` on ``base`` and the digests it adds, if the base is
-        stored, the chain is not too long yet and the delta is smaller than the full manifest."""
+    def _delta(self, manifest: Manifest, base: str) -> tuple[bytes, set[str], bool] | None:
+        """The delta encoding of ``manifest`` on ``base``, the digests it adds, and whether the
+        chain is long enough to store the manifest in full (a rebase) -- if the base is stored
+        and the delta is smaller than the full manifest. O(changes) when ``manifest`` was
+        derived from ``base`` (:attr:`Manifest.origin`), else a full comparison."""
         depth = self._depth(base)
-        if depth is None or depth >= MAX_DELTA_CHAIN:
-            return None  # not stored (or unreadable), or time to rebase
-        try:
-            base_manifest = self.get_manifest(base)
-        except StoreError:
-            return None
-        changed, removed = manifest.changes_since(base_manifest)
+        if depth is None:
+            return None  # not stored (or unreadable)
+        origin = manifest.origin
+        if origin is not None and origin.base == base:
+            changed, removed = origin.changed, origin.removed
+        else:
+            try:
+                base_manifest = self.get_manifest(base)
+            except StoreError:
+                return None
+            changed, removed = manifest.changes_since(base_manifest)
         doc = {
             "base": base,
             "depth": depth + 1,
@@ -972,7 +1221,7 @@ class LocalStore(Store):
             manifest.to_json().encode()
         ):
             return None
-        return data, {e.digest for e in changed.values()}
+        return data, {e.digest for e in changed.values()}, depth >= MAX_DELTA_CHAIN
 
     def _depth(self, manifest_id: str) -> int | None:
         """How many deltas lie between the stored manifest and a full one (0: it is full);
@@ -1015,14 +1264,18 @@ class LocalStore(Store):
                     f"not in the store at {self.root}. Sync the code again and retry."
                 ) from None
             if not data.startswith(b'{"base":'):
-                base = Manifest.from_json(data)
-                if deltas:  # a base of a chain: worth remembering, once verified
-                    if base.id != wanted:
-                        raise StoreError(
-                            f"Manifest {wanted} is corrupt: its content has id {base.id}."
-                        )
-                    _MEMO.put(base)
-                break
+                side = self._side_delta(wanted)
+                if side is not None:  # a rebase whose base this process holds: read the delta
+                    data = side
+                else:
+                    base = Manifest.from_json(data)
+                    if deltas:  # a base of a chain: worth remembering, once verified
+                        if base.id != wanted:
+                            raise StoreError(
+                                f"Manifest {wanted} is corrupt: its content has id {base.id}."
+                            )
+                        _MEMO.put(base)
+                    break
             doc = _parse_delta(data, wanted)
             deltas.append(doc)
             if len(deltas) > _RESOLVE_LIMIT:
@@ -1032,13 +1285,53 @@ class LocalStore(Store):
                 )
             wanted = doc["base"]
             path = self._manifest_path(wanted)
-        manifest = _apply(base, [(d["set"], d["removed"]) for d in reversed(deltas)])
+        if not deltas:
+            manifest = base
+        else:
+            try:
+                manifest = _apply(base, [(d["set"], d["removed"]) for d in reversed(deltas)])
+            except StoreError as exc:
+                raise StoreError(f"Manifest {manifest_id} is corrupt: {exc}") from None
         if manifest.id != manifest_id:
             raise StoreError(
                 f"Manifest {manifest_id} is corrupt: its content has id {manifest.id}."
             )
         _MEMO.put(manifest)
         return manifest
+
+    def _stored_delta(self, manifest_id: str) -> ManifestDelta | None:
+        for path in (self._manifest_path(manifest_id), self._side_path(manifest_id)):
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(8)
+                    if head != b'{"base":':
+                        continue
+                    data = head + f.read()
+            except OSError:
+                continue
+            try:
+                doc = _parse_delta(data, manifest_id)
+            except StoreError:
+                return None
+            return ManifestDelta(doc["base"], doc["set"], tuple(doc["removed"]))
+        return None
+
+    def _side_delta(self, manifest_id: str) -> bytes | None:
+        """The delta kept beside the full manifest ``manifest_id``, if there is one and its base
+        is a manifest this process holds (and the store still has)."""
+        if not _MEMO:
+            return None
+        try:
+            data = self._side_path(manifest_id).read_bytes()
+        except OSError:
+            return None
+        match = _DELTA_BASE.match(data)
+        if match is None:
+            return None
+        base = match.group(1).decode()
+        if _MEMO.get(base) is None or not self._manifest_path(base).is_file():
+            return None
+        return data
 
 
 def _parse_delta(data: bytes, manifest_id: str) -> dict[str, Any]:
@@ -1088,6 +1381,7 @@ __all__ = [
     "FileEntry",
     "LocalStore",
     "Manifest",
+    "ManifestDelta",
     "ManifestWrite",
     "Store",
     "StoreError",
