@@ -48,8 +48,8 @@ def test_call_function_and_method(services):
 def test_logs_show_call_output(services):
     run("call", "cli-train", "--args", "[[1]]", "--kwargs", '{"epochs": 3}')
     out = run("logs", "cli-train", "--pod", "cli-train-1")
-    assert "(cli-train-1)" in out and "training on rank 1 for 3 epochs" in out
-    assert "(cli-train-0)" not in out
+    assert "rank=1 pod=cli-train-1 | training on rank 1 for 3 epochs" in out
+    assert "pod=cli-train-0" not in out
 
 
 def test_errors_are_clear(services):

@@ -231,7 +231,7 @@ def test_a_successor_that_cannot_load_fails_the_deploy_promptly(hotpod_home, tmp
     holder = kt.cls(ic.Holder, name="bad-successor").to(compute, init_args=["hp_pkg_eps"])
     assert holder.version()[0] == "1.0"
     t0 = time.monotonic()
-    with pytest.raises(kt.DeployError, match="2.0 is broken"):
+    with pytest.raises(kt.DeployError, match=r"2\.0 is broken"):
         broken = compute.replace(image=compute.image.pip_install([str(w2)]))
         kt.cls(ic.Holder, name="bad-successor").to(broken, init_args=["hp_pkg_eps"])
     assert time.monotonic() - t0 < 30  # not the 300 s launch timeout

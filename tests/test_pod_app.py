@@ -331,7 +331,7 @@ def test_call_returns_json_result(pod: Pod, monkeypatch: pytest.MonkeyPatch) -> 
         assert info["code"]["manifest"] == mid
 
     pod.run(go)
-    assert "[req00001] adding 2 and 40\n" in pod.log.getvalue()
+    assert "Z r=req00001 rank=0 pod=pod-0 | adding 2 and 40\n" in pod.log.getvalue()
 
 
 def test_call_streams_log_lines(pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,7 +351,7 @@ def test_call_streams_log_lines(pod: Pod, monkeypatch: pytest.MonkeyPatch) -> No
         ]
 
     pod.run(go)
-    assert "[abcdef01] adding 1 and 2\n" in pod.log.getvalue()
+    assert "Z r=abcdef01 rank=0 pod=pod-0 | adding 1 and 2\n" in pod.log.getvalue()
 
 
 def test_call_streaming_without_output(pod: Pod) -> None:
@@ -386,7 +386,7 @@ def test_async_function(pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
         assert [result_of(r) for r in results] == [{"double": 2 * i} for i in range(20)]
 
     pod.run(go)
-    assert "[asyncreq] async got 21\n" in pod.log.getvalue()
+    assert "Z r=asyncreq rank=0 pod=pod-0 | async got 21\n" in pod.log.getvalue()
 
 
 def test_pickle_request_and_result(pod: Pod) -> None:

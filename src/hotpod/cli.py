@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,21 @@ def list_cmd() -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
 @main.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def describe(name: str, as_json: bool) -> None:
-    """Show a service: its code, resources and pods."""
+    """Show a service: its code, resources, pods, image steps and how to call it."""
     from hotpod.services import describe as describe_service
 
     try:
@@ -77,45 +88,262 @@ def describe(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
+    ready = sum(p["ready"] for p in d["pods"])
     click.echo(f"Name:      {d['name']}")
     click.echo(f"Kind:      {d['kind']}")
     click.echo(f"Code:      {d['code']}")
     click.echo(f"Backend:   {d['backend']}")
     click.echo(f"Created:   {d['created']}")
-    click.echo(f"Replicas:  {d['replicas']}")
+    click.echo(f"Replicas:  {d['replicas']} ({ready} ready)")
+    click.echo(f"Launch:    {d['launch_id'] or '-'}")
     if d["resources"]:
         click.echo("Resources: " + ", ".join(f"{k}={v}" for k, v in d["resources"].items()))
     if d["labels"]:
         click.echo("Labels:    " + ", ".join(f"{k}={v}" for k, v in d["labels"].items()))
     click.echo("Pods:")
+    rows = [("  NAME", "STATUS", "READY", "RESTARTS", "LAUNCH", "PID", "ENDPOINT")]
     for p in d["pods"]:
-        state = "ready" if p["ready"] else "not ready"
-        exit_note = f", last exit {p['last_exit']}" if p["last_exit"] is not None else ""
-        click.echo(
-            f"  {p['name']:<20} {p['status']:<11} {state:<10} {p['url']}  pid {p['pid']}  "
-            f"restarts {p['restarts']}{exit_note}  launch {p['launch_id'] or '-'}"
+        restarts = str(p["restarts"])
+        if p["last_exit"] is not None:
+            restarts += f" (last exit {p['last_exit']})"
+        rows.append(
+            (
+                f"  {p['name']}",
+                p["status"],
+                "ready" if p["ready"] else "not ready",
+                restarts,
+                p["launch_id"] or "-",
+                str(p["pid"] or "-"),
+                p["url"],
+            )
         )
-    method = " METHOD" if d["kind"] == "cls" else ""
-    click.echo(f"Call it:   hotpod call {d['name']}{method} --args '[...]'")
+    _table(rows)
+    steps: list[dict[str, Any]] = next((p["steps"] for p in d["pods"] if p["steps"]), [])
+    if steps:
+        click.echo("Image steps:")
+        for i, s in enumerate(steps, start=1):
+            took = f"{s['seconds']:.2f} s" if s.get("seconds") is not None else "-"
+            state = f"applied {_when(s.get('at'))}, {took}" if s["applied"] else "not applied"
+            click.echo(f"  {i}. {s['step']}  ({state})")
+    for p in d["pods"]:
+        error = p["launch_error"]
+        if error and error.get("launch_id") != p["launch_id"]:
+            click.echo(
+                f"Last launch failed on {p['name']}: {error.get('message')} "
+                f"(run 'hotpod check {d['name']}')"
+            )
+    click.echo("Call it:")
+    click.echo(f"  Python:  {d['call']['python']}")
+    click.echo(f"  CLI:     {d['call']['cli']}")
     click.echo(f"Logs:      hotpod logs {d['name']} -f")
+    click.echo("Metrics:   GET <pod endpoint>/metrics with the service token as bearer token")
+    click.echo(f"Diagnose:  hotpod check {d['name']}")
 
 
 @main.command()
 @click.argument("name")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("--pod", help="Only this pod (e.g. NAME-0).")
-@click.option("--tail", type=int, help="Only the last N lines of each pod.")
-def logs(name: str, follow: bool, pod: str | None, tail: int | None) -> None:
-    """Print a service's pod logs."""
-    from hotpod.services import logs as service_logs
+def check(name: str) -> None:
+    """Diagnose why a service is not ready, and the fix to try.
+
+    Shows each pod's state, a failed setup step with its output, the last log lines. Exits 0
+    when the service is healthy, 1 otherwise.
+    """
+    from hotpod.diagnose import check as check_service
 
     try:
-        for pod_name, line in service_logs(name, pod=pod, follow=follow, tail=tail):
-            click.echo(f"({pod_name}) {line}")
+        c = check_service(name)
+    except HotpodError as exc:
+        _fail(exc)
+    verdict = "healthy" if c.healthy else "NOT HEALTHY"
+    click.echo(f"Service {c.service!r}: {verdict} ({c.ready}/{c.replicas} pods ready)")
+    for p in c.pods:
+        state = ", ".join(
+            [
+                p.status,
+                "ready" if p.ready else "not ready",
+                f"launch {p.launch_id or '-'}",
+                f"{p.restarts} restarts",
+            ]
+        )
+        click.echo(f"\n{p.name}: {'ok' if p.problem is None else 'PROBLEM'} ({state})")
+        if p.problem is None:
+            continue
+        click.echo(f"  Problem: {p.problem}")
+        if p.detail.strip():
+            click.echo("  Output:")
+            for line in p.detail.rstrip().splitlines():
+                click.echo(f"    {line}")
+        if p.log_tail:
+            click.echo("  Last log lines:")
+            for line in p.log_tail:
+                click.echo(f"    {line}")
+        click.echo(f"  Fix: {p.fix}")
+    for problem, fix in zip(c.problems, c.fixes, strict=True):
+        click.echo(f"\nProblem: {problem}\n  Fix: {fix}")
+    if not c.healthy:
+        sys.exit(1)
+
+
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from hotpod.loglines import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("--pod", help="Only this pod (e.g. NAME-0).")
+@click.option("--tail", type=click.IntRange(min=1), help="Only the last N lines of each pod.")
+@click.option(
+    "--since",
+    callback=_since,
+    help="Only lines since a time: a duration back (90s, 10m, 2h, 1d) or an ISO 8601 time.",
+)
+@click.option("--request", help="Only the lines of one call, on every pod (its request id).")
+@click.option("--purge", is_flag=True, help="Delete the service's kept logs instead.")
+def logs(
+    name: str | None,
+    follow: bool,
+    pod: str | None,
+    tail: int | None,
+    since: float | None,
+    request: str | None,
+    purge: bool,
+) -> None:
+    """Print a service's pod logs, whether it runs or not.
+
+    Each line reads 'TIME [r=REQUEST] rank=N pod=POD | text'; REQUEST is the id of the call
+    that printed it. Logs outlive teardown: they stay in HOTPOD_HOME/logs until
+    'hotpod logs NAME --purge'. Without NAME, lists the services whose logs are kept.
+    """
+    from hotpod import services
+
+    try:
+        if name is None:
+            if purge:
+                raise click.UsageError("--purge needs the NAME of the service whose logs to delete")
+            names = services.logged_services()
+            click.echo("\n".join(names) if names else "No logs kept.")
+            return
+        if purge:
+            if not services.purge_logs(name):
+                _fail(HotpodError(f"no logs kept for {name!r}; 'hotpod logs' lists them"))
+            click.echo(f"deleted the logs of {name}")
+            return
+        lines = services.logs(name, pod=pod, follow=follow, tail=tail, since=since, request=request)
+        for line in lines:
+            click.echo(line.display())
     except HotpodError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         pass
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("", "Ki", "Mi", "Gi"):
+        if n < 1024 or unit == "Gi":
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}Gi"
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-w", "--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds over which CPU use is measured (and between refreshes).",
+)
+def top(name: str | None, watch: bool, interval: float) -> None:
+    """Show CPU and memory use of each pod (of NAME, or of every service).
+
+    CPU is in percent of one core, memory the resident memory of the pod's processes.
+    """
+    from hotpod.services import top as pod_top
+
+    try:
+        while True:
+            stats = pod_top(name, interval)
+            if watch:
+                click.clear()
+            if not stats:
+                click.echo("No pods." if name is None else f"{name!r} has no pods.")
+            else:
+                rows = [
+                    ("SERVICE", "POD", "STATUS", "CPU%", "CPUS", "MEMORY", "REQUESTED", "PROCS")
+                ]
+                for s in stats:
+                    rows.append(
+                        (
+                            s.service,
+                            s.pod,
+                            s.status,
+                            "-" if s.cpu_percent is None else f"{s.cpu_percent:.1f}",
+                            f"{s.cpus:g}" if s.cpus else "-",
+                            _size(s.rss_bytes),
+                            _size(s.memory_bytes),
+                            str(s.processes),
+                        )
+                    )
+                _table(rows)
+            if not watch:
+                return
+    except HotpodError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("name")
+@click.option("--pod", help="The pod (default: the first, NAME-0).")
+@click.option(
+    "-c", "command", metavar="COMMAND", help="Run COMMAND in the pod's environment and exit."
+)
+def shell(name: str, pod: str | None, command: str | None) -> None:
+    """Open a shell ($SHELL, else bash) in a pod's environment.
+
+    Locally: in its code tree, with its environment variables (not the service token) and the
+    service's virtual environment first on PATH.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from hotpod.services import shell as pod_shell
+
+    try:
+        target = pod_shell(name, pod)
+    except HotpodError as exc:
+        _fail(exc)
+    program = os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
+    env = {**target.env, "HOTPOD_SHELL": target.pod}
+    if command is not None:
+        try:
+            done = subprocess.run([program, "-c", command], cwd=target.cwd, env=env, check=False)
+        except OSError as exc:
+            _fail(HotpodError(f"could not run {program}: {exc}"))
+        sys.exit(done.returncode)
+    venv = f", venv {target.venv}" if target.venv else ""
+    click.echo(
+        f"hotpod: shell in pod {target.pod} ({target.cwd}{venv}); 'exit' leaves it", err=True
+    )
+    os.chdir(target.cwd)
+    try:
+        os.execvpe(program, [program], env)
+    except OSError as exc:
+        _fail(HotpodError(f"could not start {program}: {exc}"))
 
 
 def _json_arg(value: str | None, what: str, kind: type) -> Any:

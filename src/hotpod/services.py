@@ -1,4 +1,4 @@
-"""Services that already run: look them up, list, describe, read logs, tear down.
+"""Services that already run: look them up, list, describe, read logs, watch, tear down.
 
 These are the functions the CLI is a thin layer over.
 """
@@ -9,9 +9,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from hotpod.backends import ServiceInfo, get_backend
+import httpx
+
+from hotpod import wire
+from hotpod.backends import PodInfo, PodShell, PodStats, ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
 from hotpod.config import settings
+from hotpod.loglines import LogFilter, LogLine
 from hotpod.module import RemoteCls, RemoteFn
 
 
@@ -29,30 +33,49 @@ def list_services() -> list[ServiceInfo]:
     return get_backend().list()
 
 
+def pod_info(info: ServiceInfo, pods: tuple[PodInfo, ...] | None = None) -> list[dict[str, Any]]:
+    """What each pod says of itself (``/_hotpod/info``: readiness, launch, setup steps, last
+    launch error); ``{}`` for a pod that does not answer."""
+    headers = {"Authorization": f"Bearer {info.token}", wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION}
+    out: list[dict[str, Any]] = []
+    with httpx.Client(headers=headers, timeout=2) as http:
+        for pod in info.pods if pods is None else pods:
+            try:
+                r = http.get(f"{pod.url}/_hotpod/info")
+                out.append(r.json() if r.status_code == 200 else {})
+            except (httpx.HTTPError, ValueError):
+                out.append({})
+    return out
+
+
 def describe(name: str) -> dict[str, Any]:
-    """A service with its pods' live state (ready, launch id) as plain data."""
+    """A service with its pods' live state (ready, launch id, setup steps) as plain data."""
     info = get_backend().get(name)
-    client = PodClient.shared(info.name, info.token)
     pods = []
-    for pod in info.pods:
-        health = client.health(pod) or {}
+    for pod, live in zip(info.pods, pod_info(info), strict=True):
         pods.append(
             {
                 "name": pod.name,
                 "rank": pod.rank,
                 "status": pod.status,
-                "ready": bool(health.get("ready")),
-                "launch_id": health.get("launch_id"),
+                "answering": bool(live),
+                "ready": bool(live.get("ready")),
+                "launch_id": live.get("launch_id"),
                 "url": pod.url,
+                "metrics": f"{pod.url}/metrics",
                 "pid": pod.pid,
                 "restarts": pod.restarts,
                 "last_exit": pod.last_exit,
                 "log": pod.log_path,
+                "steps": live.get("steps") or [],
+                "launch_error": live.get("launch_error"),
             }
         )
+    kind = info.meta.get("kind", "fn")
+    call = f"kt.lookup({info.name!r})" + (".METHOD(...)" if kind == "cls" else "(...)")
     return {
         "name": info.name,
-        "kind": info.meta.get("kind", "fn"),
+        "kind": kind,
         "code": f"{info.meta.get('module')}:{info.meta.get('qualname')}",
         "backend": get_backend().name,
         "replicas": info.replicas,
@@ -62,14 +85,50 @@ def describe(name: str) -> dict[str, Any]:
             k: info.template.get(k) for k in ("cpus", "memory", "gpus") if info.template.get(k)
         },
         "pods": pods,
+        "launch_id": next((p["launch_id"] for p in pods if p["launch_id"]), None),
+        "call": {
+            "python": f"import hotpod as kt; {call}",
+            "cli": f"hotpod call {info.name}{' METHOD' if kind == 'cls' else ''} --args '[...]'",
+        },
     }
 
 
 def logs(
-    name: str, pod: str | None = None, follow: bool = False, tail: int | None = None
-) -> Iterator[tuple[str, str]]:
-    """(pod, line) pairs from the service's pod logs; ``follow`` keeps reading new lines."""
-    return get_backend().logs(name, pod=pod, follow=follow, tail=tail)
+    name: str,
+    pod: str | None = None,
+    follow: bool = False,
+    tail: int | None = None,
+    since: float | None = None,
+    request: str | None = None,
+) -> Iterator[LogLine]:
+    """The lines of a service's pod logs, whether it runs or not (logs outlive teardown).
+
+    ``since``: only lines from then on (epoch seconds); ``request``: only the lines of that call
+    (its request id, or a prefix of it), across pods; ``tail``: each pod's last N lines of
+    those; ``follow``: go on printing new lines.
+    """
+    keep = LogFilter(since, request) if since is not None or request else None
+    return get_backend().logs(name, pod=pod, follow=follow, tail=tail, keep=keep)
+
+
+def purge_logs(name: str) -> bool:
+    """Delete the kept logs of a service (emptied if it still runs); False if it had none."""
+    return get_backend().purge_logs(name)
+
+
+def logged_services() -> list[str]:
+    """The services whose logs are kept, running or not."""
+    return get_backend().logged_services()
+
+
+def top(name: str | None = None, interval: float = 0.5) -> list[PodStats]:
+    """CPU (percent of one core, over ``interval`` seconds) and memory of each pod."""
+    return get_backend().top(name, interval)
+
+
+def shell(name: str, pod: str | None = None) -> PodShell:
+    """The working directory and environment of a pod, for a shell in it."""
+    return get_backend().shell(name, pod)
 
 
 def teardown(name: str | None = None, *, all: bool = False) -> list[str]:

@@ -6,7 +6,7 @@ streams pod logs and tears down. Nothing above this seam branches on which backe
 
 from __future__ import annotations
 
-from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
+from hotpod.backends.base import Backend, Plan, PodInfo, PodShell, PodStats, ServiceInfo
 from hotpod.config import Settings, settings
 
 _backends: dict[Settings, Backend] = {}
@@ -25,4 +25,4 @@ def get_backend() -> Backend:
     return backend
 
 
-__all__ = ["Backend", "Plan", "PodInfo", "ServiceInfo", "get_backend"]
+__all__ = ["Backend", "Plan", "PodInfo", "PodShell", "PodStats", "ServiceInfo", "get_backend"]

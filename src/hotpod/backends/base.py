@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotpod.errors import HotpodError
+from hotpod.loglines import LogFilter, LogLine
 from hotpod.store import Store
 
 
@@ -36,6 +38,30 @@ class PodInfo:
     pid: int | None = None
     last_exit: int | None = None
     log_path: str | None = None
+
+
+@dataclass(frozen=True)
+class PodStats:
+    """What a pod uses now (``hotpod top``), beside what it asked for."""
+
+    service: str
+    pod: str
+    status: str
+    cpu_percent: float | None  # of one core, over the sampling interval; None: not running
+    rss_bytes: int | None  # resident memory of the pod's processes, summed
+    processes: int = 0
+    cpus: float | None = None  # requested
+    memory_bytes: int | None = None  # requested
+
+
+@dataclass(frozen=True)
+class PodShell:
+    """How to open a shell in a pod's environment: its working directory and variables."""
+
+    pod: str
+    cwd: str
+    env: dict[str, str]
+    venv: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,32 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def logs(
-        self, name: str, pod: str | None = None, follow: bool = False, tail: int | None = None
-    ) -> Iterator[tuple[str, str]]:
-        """(pod, line) pairs of the service's pod logs."""
+        self,
+        name: str,
+        pod: str | None = None,
+        follow: bool = False,
+        tail: int | None = None,
+        keep: LogFilter | None = None,
+    ) -> Iterator[LogLine]:
+        """The lines of the service's pod logs, running or not (logs outlive their pods).
+
+        Without ``follow``, the pods' lines merged in time order; ``keep`` selects lines,
+        ``tail`` keeps each pod's last N of those. ``follow`` goes on with new lines as they
+        come. Raises ServiceNotFoundError when there are no logs.
+        """
+
+    def purge_logs(self, name: str) -> bool:
+        """Delete the kept logs of a service (emptied while it runs); False if it had none."""
+        raise HotpodError(f"the {self.name} backend does not keep logs to purge")
+
+    def logged_services(self) -> builtins.list[str]:
+        """Names of the services whose logs are kept, running or not."""
+        return []
+
+    def top(self, name: str | None = None, interval: float = 0.5) -> builtins.list[PodStats]:
+        """CPU and memory use of the pods of one service, or of every service."""
+        raise HotpodError(f"the {self.name} backend cannot show pod resource use")
+
+    def shell(self, name: str, pod: str | None = None) -> PodShell:
+        """Where and with which environment a shell in the pod runs (``hotpod shell``)."""
+        raise HotpodError(f"the {self.name} backend cannot open a shell in a pod")

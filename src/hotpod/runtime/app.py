@@ -219,21 +219,7 @@ class PodApp:
         worker when one crashes or packages change)."""
         st = self.state
         logs.tag_output(st.pod, st.rank)
-        st.metrics.pod_restarts.set(int(os.environ.get("HOTPOD_RESTARTS") or 0))
-        path = st.root / ".hotpod" / "workers.json"
-        supervisor, starts = os.getppid(), 1
-        try:
-            seen = json.loads(path.read_text())
-            if seen.get("supervisor") == supervisor:
-                starts = int(seen.get("starts", 0)) + 1
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"supervisor": supervisor, "starts": starts}))
-        except OSError:
-            pass
-        st.metrics.worker_restarts.set(starts - 1)
+        st.metrics.worker_started(st.root, int(os.environ.get("HOTPOD_RESTARTS") or 0))
 
     def _report_ready(self, task: asyncio.Task[bool]) -> None:
         ok = not task.cancelled() and task.exception() is None and task.result()
@@ -248,16 +234,20 @@ class PodApp:
         restart, st.request_restart = st.request_restart, None  # resuming never asks again
         try:
             handed = _read_json(st.next_launch_file)
+            failed: tuple[str, str] | None = None
             if handed is not None:
-                error = await self._try_launch(handed)
+                failed = await self._try_launch(handed)
                 st.next_launch_file.unlink(missing_ok=True)
-                if error is None:
+                if failed is None:
                     return True
-                self._record_error(handed, error)
+                failure = _read_json(st.launch_error_file)  # what the client waits to hear
             spec = _read_json(st.launch_file)
-            if spec is None:
-                return handed is None
-            return await self._try_launch(spec) is None and handed is None
+            ok = spec is None or await self._try_launch(spec) is None
+            if failed is not None:
+                if failure is not None:  # the fallback's outcome must not hide it
+                    self._write_error(failure)
+                return False
+            return ok
         finally:
             st.request_restart = restart
 
@@ -271,14 +261,8 @@ class PodApp:
         except SetupError as exc:
             print(f"hotpod: could not load launch: {exc}\n{exc.tail}", flush=True)
             return str(exc), exc.tail
-        print(f"hotpod: loaded launch {spec.get('launch_id')}", flush=True)
+        print(f"hotpod: resumed launch {spec.get('launch_id')}", flush=True)
         return None
-
-    def _record_error(self, spec: dict[str, Any], error: tuple[str, str]) -> None:
-        info = {"launch_id": spec.get("launch_id"), "message": error[0], "detail": error[1]}
-        tmp = self.state.launch_error_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.state.launch_error_file)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -473,6 +457,9 @@ class PodApp:
             )
         else:
             error.update(phase=exc.phase, step=None, traceback=exc.tb, detail=exc.tb)
+        self._write_error(error)
+
+    def _write_error(self, error: dict[str, Any]) -> None:
         path = self.state.launch_error_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -576,7 +563,7 @@ class PodApp:
     async def _measured(self, method: str, started: float, work: Awaitable[bytes]) -> bytes:
         """``work``'s result frames, counted in the pod's metrics."""
         metrics = self.state.metrics
-        metrics.in_flight.inc()
+        metrics.call_started()
         error: str | None = "CancelledError"
         try:
             payload = await work
@@ -586,7 +573,6 @@ class PodApp:
             error = type(exc).__name__
             raise
         finally:
-            metrics.in_flight.dec()
             metrics.call_done(method, started, error)
 
     def _call_debug(
@@ -731,7 +717,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     """A small JSON file the runtime keeps, or None when it is absent or unreadable."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"hotpod: ignoring unreadable {path}: {exc}", flush=True)
         return None
     return data if isinstance(data, dict) else None
 

@@ -1,9 +1,11 @@
 """The pod's Prometheus metrics, served at ``GET /metrics`` in the text exposition format.
 
 Each pod keeps its own :class:`~prometheus_client.CollectorRegistry` (nothing global, so several
-pods can live in one process, as they do in tests). The call path touches only pre-bound metric
-children: a dictionary lookup, a gauge up and down, a counter and a histogram, a few microseconds
-in all.
+pods can live in one process, as they do in tests). The call metrics are plain numbers that the
+server's event loop thread updates (every call ends there, every scrape is answered there) and
+a collector turns into metric families when scraped: a call pays about half a microsecond, with
+no lock. The rest (launches, setup steps, which run in other threads) are prometheus_client's
+own thread-safe metrics.
 
 Metrics (every name starts with ``hotpod_``)::
 
@@ -28,9 +30,12 @@ plus ``process_*`` (CPU seconds, resident memory, open files...) of the worker p
 
 from __future__ import annotations
 
+import bisect
+import json
+import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,7 +45,15 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -69,11 +82,57 @@ CALL_BUCKETS = (
 SETUP_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, float("inf"))
 
 
-@dataclass
-class _MethodMetrics:
-    ok: Any
-    error: Any
-    duration: Any
+class _Method:
+    """One method's call counts and latency histogram, kept as plain numbers."""
+
+    __slots__ = ("buckets", "errors", "ok", "total_seconds")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors = 0
+        self.total_seconds = 0.0
+        self.buckets = [0] * len(CALL_BUCKETS)  # per bucket, not cumulative
+
+
+class _CallCollector(Collector):
+    """The call metrics. The server updates them on its event loop thread only (calls end
+    there, and scrapes are answered there), so a call costs a few additions, no lock."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, _Method] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.in_flight = 0
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily(
+            "hotpod_calls",
+            "Calls that ran the service's code, by method and outcome (ok, error).",
+            labels=["method", "outcome"],
+        )
+        duration = HistogramMetricFamily(
+            "hotpod_call_duration_seconds",
+            "Time from a call's request to its result, by method.",
+            labels=["method"],
+        )
+        for name, m in sorted(self.methods.items()):
+            calls.add_metric([name, "ok"], m.ok)
+            calls.add_metric([name, "error"], m.errors)
+            cumulative, buckets = 0, []
+            for bound, count in zip(CALL_BUCKETS, m.buckets, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            duration.add_metric([name], buckets, m.total_seconds)
+        errors = CounterMetricFamily(
+            "hotpod_call_errors",
+            "Calls whose code raised, by method and exception type.",
+            labels=["method", "exception"],
+        )
+        for (name, exc), count in sorted(self.errors.items()):
+            errors.add_metric([name, exc], count)
+        yield calls
+        yield duration
+        yield errors
+        yield GaugeMetricFamily("hotpod_calls_in_flight", "Calls running now.", self.in_flight)
 
 
 class PodMetrics:
@@ -82,26 +141,8 @@ class PodMetrics:
     def __init__(self, service: str, pod: str, rank: int) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.service, self.pod, self.rank = service, pod, rank
-        self._calls = Counter(
-            "hotpod_calls",
-            "Calls that ran the service's code, by method and outcome (ok, error).",
-            ["method", "outcome"],
-            registry=registry,
-        )
-        self._duration = Histogram(
-            "hotpod_call_duration_seconds",
-            "Time from a call's request to its result, by method.",
-            ["method"],
-            buckets=CALL_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge("hotpod_calls_in_flight", "Calls running now.", registry=registry)
-        self._errors = Counter(
-            "hotpod_call_errors",
-            "Calls whose code raised, by method and exception type.",
-            ["method", "exception"],
-            registry=registry,
-        )
+        self._call_stats = _CallCollector()
+        registry.register(self._call_stats)
         self._rejected = Counter(
             "hotpod_requests_rejected",
             "Requests answered with an error status before any user code ran.",
@@ -144,31 +185,29 @@ class PodMetrics:
         self._info_labels: tuple[str, ...] | None = None
         self.set_launch(None)
         ProcessCollector(registry=registry)
-        self._methods: dict[str, _MethodMetrics] = {}
 
-    # -- calls ------------------------------------------------------------------------------
+    # -- calls (on the server's event loop thread only) -------------------------------------
 
-    def _method(self, method: str) -> _MethodMetrics:
-        m = self._methods.get(method)
-        if m is None:
-            name = method or "__call__"
-            m = self._methods[method] = _MethodMetrics(
-                self._calls.labels(name, "ok"),
-                self._calls.labels(name, "error"),
-                self._duration.labels(name),
-            )
-        return m
+    def call_started(self) -> None:
+        self._call_stats.in_flight += 1
 
     def call_done(self, method: str, started: float, error: str | None) -> None:
         """A call of ``method`` (``""``: the function) that began at ``started``
         (``time.perf_counter()``) ended; ``error`` is the exception type it raised, if any."""
-        m = self._method(method)
-        m.duration.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        stats = self._call_stats
+        stats.in_flight -= 1
+        name = method or "__call__"
+        m = stats.methods.get(name)
+        if m is None:
+            m = stats.methods[name] = _Method()
+        m.buckets[bisect.bisect_left(CALL_BUCKETS, seconds)] += 1
+        m.total_seconds += seconds
         if error is None:
-            m.ok.inc()
+            m.ok += 1
         else:
-            m.error.inc()
-            self._errors.labels(method or "__call__", error).inc()
+            m.errors += 1
+            stats.errors[(name, error)] = stats.errors.get((name, error), 0) + 1
 
     def rejected(self, status: int) -> None:
         self._rejected.labels(str(status)).inc()
@@ -189,6 +228,25 @@ class PodMetrics:
             self._info.labels(*labels).set(1)
             self._info_labels = labels
         self.ready.set(1 if launch_id else 0)
+
+    def worker_started(self, root: Path, pod_restarts: int) -> None:
+        """A worker of the pod rooted at ``root`` starts; the controller restarted the pod
+        ``pod_restarts`` times. Counts the workers each supervisor started in the pod root."""
+        self.pod_restarts.set(pod_restarts)
+        path = root / ".hotpod" / "workers.json"
+        supervisor, starts = os.getppid(), 1
+        try:
+            seen = json.loads(path.read_text())
+            if seen.get("supervisor") == supervisor:
+                starts = int(seen.get("starts", 0)) + 1
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"supervisor": supervisor, "starts": starts}))
+        except OSError:
+            pass
+        self.worker_restarts.set(starts - 1)
 
     def setup_step(self, kind: str, seconds: float, ok: bool) -> None:
         self._setup.labels(kind, "ok" if ok else "failed").observe(seconds)

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from hotpod import loglines
 from hotpod._files import tail
-from hotpod.backends.base import Backend, Plan, ServiceInfo
+from hotpod.backends.base import Backend, Plan, PodShell, PodStats, ServiceInfo
 from hotpod.config import Settings
 from hotpod.errors import HotpodError, ResourceUnavailableError, ServiceNotFoundError
 from hotpod.store import LocalStore, Store
@@ -202,8 +203,14 @@ class LocalBackend(Backend):
     def get(self, name: str) -> ServiceInfo:
         r = self._request("GET", f"/services/{name}")
         if r.status_code == 404:
+            kept = (
+                f" (its logs are kept: 'hotpod logs {name}')"
+                if name in self.logged_services()
+                else ""
+            )
             raise ServiceNotFoundError(
-                f"no service named {name!r} on the local backend; 'hotpod list' shows what runs"
+                f"no service named {name!r} on the local backend{kept}; 'hotpod list' shows "
+                "what runs"
             )
         r.raise_for_status()
         return ServiceInfo.from_dict(r.json())
@@ -224,20 +231,174 @@ class LocalBackend(Backend):
         names: list[str] = self._request("DELETE", "/services").json()["deleted"]
         return names
 
-    def logs(
-        self, name: str, pod: str | None = None, follow: bool = False, tail: int | None = None
-    ) -> Iterator[tuple[str, str]]:
-        logdir = self.settings.home / "logs" / name
-        files = sorted(logdir.glob("*.log")) if logdir.is_dir() else []
+    # -- logs -----------------------------------------------------------------------------
+
+    def _log_dir(self, name: str) -> Path:
+        return self.settings.home / "logs" / name
+
+    def _log_files(self, name: str, pod: str | None) -> builtins.list[Path]:
+        logdir = self._log_dir(name)
+        files = sorted(logdir.glob("*.log"), key=_pod_order) if logdir.is_dir() else []
         if pod is not None:
             files = [f for f in files if f.stem == pod]
             if not files:
-                raise ServiceNotFoundError(f"no logs for pod {pod!r} of service {name!r}")
+                raise ServiceNotFoundError(
+                    f"no logs for pod {pod!r} of service {name!r}; pods are named "
+                    f"{name}-0, {name}-1, ..."
+                )
         if not files:
             raise ServiceNotFoundError(
-                f"no logs for service {name!r}; 'hotpod list' shows services"
+                f"no logs for service {name!r}; 'hotpod logs' lists the services with logs"
             )
-        yield from _read_logs(files, follow, tail)
+        return files
+
+    def logs(
+        self,
+        name: str,
+        pod: str | None = None,
+        follow: bool = False,
+        tail: int | None = None,
+        keep: loglines.LogFilter | None = None,
+    ) -> Iterator[loglines.LogLine]:
+        files = self._log_files(name, pod)
+        return _LogReader(files, keep, tail).lines(follow, None if pod else self._log_dir(name))
+
+    def purge_logs(self, name: str) -> bool:
+        logdir = self._log_dir(name)
+        if not logdir.is_dir():
+            return False
+        running = self._known() and self._request("GET", f"/services/{name}").status_code == 200
+        if running:  # its pods keep their files open: empty them instead
+            for f in logdir.iterdir():
+                if f.name.endswith(".log"):
+                    with open(f, "r+b") as fh:
+                        fh.truncate(0)
+                else:
+                    f.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(logdir, ignore_errors=True)
+        return True
+
+    def logged_services(self) -> builtins.list[str]:
+        root = self.settings.home / "logs"
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.log")))
+
+    # -- top and shell ----------------------------------------------------------------------
+
+    def top(self, name: str | None = None, interval: float = 0.5) -> builtins.list[PodStats]:
+        import psutil
+
+        services = [self.get(name)] if name is not None else self.list()
+        trees: dict[tuple[str, str], builtins.list[psutil.Process]] = {}
+        for svc in services:
+            for pod in svc.pods:
+                trees[(svc.name, pod.name)] = _process_tree(pod.pid)
+        for procs in trees.values():
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_percent(None)  # the first sample: the next call measures from here
+        if trees:
+            time.sleep(interval)
+        out = []
+        for svc in services:
+            for pod in svc.pods:
+                cpu, rss, alive = 0.0, 0, 0
+                for proc in trees[(svc.name, pod.name)]:
+                    try:
+                        with proc.oneshot():
+                            cpu += proc.cpu_percent(None)
+                            rss += proc.memory_info().rss
+                        alive += 1
+                    except psutil.Error:
+                        continue
+                out.append(
+                    PodStats(
+                        service=svc.name,
+                        pod=pod.name,
+                        status=pod.status,
+                        cpu_percent=cpu if alive else None,
+                        rss_bytes=rss if alive else None,
+                        processes=alive,
+                        cpus=svc.template.get("cpus"),
+                        memory_bytes=svc.template.get("memory_bytes"),
+                    )
+                )
+        return out
+
+    def shell(self, name: str, pod: str | None = None) -> PodShell:
+        import json
+
+        import psutil
+
+        info = self.get(name)
+        pods = {p.name: p for p in info.pods}
+        if pod is not None and pod not in pods:
+            raise ServiceNotFoundError(
+                f"service {name!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
+            )
+        target = pods[pod] if pod is not None else next(iter(pods.values()), None)
+        if target is None or target.pid is None or target.status != "running":
+            if target is None:
+                raise HotpodError(f"service {name!r} has no pods; 'hotpod check {name}' says why")
+            raise HotpodError(
+                f"pod {target.name} is not running ({target.status}); 'hotpod check {name}' "
+                "says why"
+            )
+        try:
+            env = dict(psutil.Process(target.pid).environ())
+        except psutil.Error as exc:
+            raise HotpodError(
+                f"cannot read the environment of pod {target.name} (pid {target.pid}): {exc}; "
+                f"'hotpod check {name}' says how it is"
+            ) from exc
+        env.pop("HOTPOD_TOKEN", None)  # the shell is yours, the service's token is not needed
+        root = Path(env.get("HOTPOD_POD_ROOT") or self.settings.pods_dir / name / target.name)
+        cwd = root
+        try:
+            spec = json.loads((root / ".hotpod" / "launch.json").read_text())
+        except (OSError, ValueError):
+            spec = {}
+        env.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
+        snapshot = root / ".hotpod" / "code" / "current"
+        if snapshot.is_dir():
+            cwd = snapshot
+            paths = [str(snapshot / p) if p else str(snapshot) for p in _code_paths(spec)]
+            if env.get("PYTHONPATH"):
+                paths.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        venv = Path(env["HOTPOD_VENV"]) if env.get("HOTPOD_VENV") else None
+        if venv is not None and (venv / "bin" / "python").exists():
+            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+            env["VIRTUAL_ENV"] = str(venv)
+        else:
+            venv = None
+        return PodShell(target.name, str(cwd), env, str(venv) if venv else None)
+
+
+def _code_paths(spec: dict[str, Any]) -> list[str]:
+    paths = (spec.get("code") or {}).get("paths") or [""]
+    return [p for p in paths if isinstance(p, str)]
+
+
+def _process_tree(pid: int | None) -> list[Any]:
+    """A pod's processes: its supervisor, the workers and whatever they started."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _pod_order(path: Path) -> tuple[int, str]:
+    """Pod logs in rank order (``svc-2`` before ``svc-10``)."""
+    _, _, rank = path.stem.rpartition("-")
+    return (int(rank) if rank.isdigit() else 1 << 30, path.stem)
 
 
 def _registry_has_services(path: Path) -> bool:
@@ -251,23 +412,88 @@ def _registry_has_services(path: Path) -> bool:
         return True  # unreadable: let a controller look
 
 
-def _read_logs(files: list[Path], follow: bool, tail: int | None) -> Iterator[tuple[str, str]]:
-    handles = []
-    for f in files:
-        fh = open(f, errors="replace")  # noqa: SIM115 (closed below)
-        lines = fh.readlines()
-        for line in lines[-tail:] if tail else lines:
-            yield f.stem, line.rstrip("\n")
-        handles.append((f.stem, fh))
-    try:
-        while follow:
-            got = False
-            for pod, fh in handles:
-                for line in fh.readlines():
-                    got = True
-                    yield pod, line.rstrip("\n")
-            if not got:
-                time.sleep(0.2)
-    finally:
-        for _, fh in handles:
-            fh.close()
+class _LogReader:
+    """Reads pod log files: first what they hold, merged in time order, then (``follow``) new
+    lines as they are written, across truncation (purge), rotation and pods that appear."""
+
+    def __init__(
+        self, files: list[Path], keep: loglines.LogFilter | None, tail: int | None
+    ) -> None:
+        self.files = files
+        self.keep = keep
+        self.tail = tail
+        self.open: dict[Path, tuple[Any, int]] = {}  # path -> (binary file, inode)
+        self.partial: dict[Path, bytes] = {}  # a line still being written
+        self.last_ts: dict[Path, str] = {}
+
+    def lines(self, follow: bool, logdir: Path | None) -> Iterator[loglines.LogLine]:
+        try:
+            yield from loglines.merge([self._history(f) for f in self.files])
+            next_scan = time.monotonic() + 1.0
+            while follow:
+                got = False
+                for path in list(self.open):
+                    for line in self._new_lines(path):
+                        got = True
+                        yield line
+                if logdir is not None and time.monotonic() > next_scan:  # pods scaled up
+                    for path in sorted(logdir.glob("*.log"), key=_pod_order):
+                        if path not in self.open and self._reopen(path):
+                            yield from self._new_lines(path)
+                    next_scan = time.monotonic() + 1.0
+                if not got:
+                    time.sleep(0.2)
+        finally:
+            for fh, _ in self.open.values():
+                fh.close()
+
+    def _history(self, path: Path) -> list[loglines.LogLine]:
+        raw: list[bytes] = []
+        rotated = path.with_name(path.name + ".1")
+        with contextlib.suppress(OSError), open(rotated, "rb") as old:
+            raw.extend(old)
+        if self._reopen(path):
+            raw.extend(self.open[path][0].readlines())
+        if self.keep is None and self.tail:  # parse only what is shown
+            raw = raw[-self.tail :]
+        lines = loglines.read(path.stem, (_text(b) for b in raw), self.keep, self.tail)
+        if lines:
+            self.last_ts[path] = lines[-1].ts
+        return lines
+
+    def _reopen(self, path: Path) -> bool:
+        old = self.open.pop(path, None)
+        if old is not None:
+            old[0].close()
+        self.partial.pop(path, None)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (closed in lines())
+        except OSError:
+            return False
+        self.open[path] = (fh, os.fstat(fh.fileno()).st_ino)
+        return True
+
+    def _new_lines(self, path: Path) -> Iterator[loglines.LogLine]:
+        fh, inode = self.open[path]
+        data = self.partial.pop(path, b"") + fh.read()
+        try:
+            st = os.stat(path)
+            moved = st.st_ino != inode or st.st_size < fh.tell()  # rotated, or purged
+            if moved and self._reopen(path):
+                data += self.open[path][0].read()
+        except OSError:
+            pass
+        *complete, rest = data.split(b"\n")
+        if rest:
+            self.partial[path] = rest
+        last = self.last_ts.get(path, "")
+        for raw in complete:
+            line = loglines.parse(path.stem, _text(raw), last)
+            last = line.ts
+            if self.keep is None or self.keep.keep(line):
+                yield line
+        self.last_ts[path] = last
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r\n")

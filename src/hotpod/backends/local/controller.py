@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from hotpod import loglines
 from hotpod.backends.local.registry import Registry
 from hotpod.config import Settings, reload_settings
 
@@ -44,6 +45,8 @@ MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0
 STOP_GRACE = 5.0
 ROLL_TIMEOUT = 120.0  # how long a rolling replacement waits for each new pod
+#: a pod log larger than this when its pod starts is kept as ``<pod>.log.1`` (one generation)
+LOG_ROTATE_BYTES = 64 << 20
 
 
 @dataclass
@@ -116,7 +119,16 @@ class Controller:
         return self.settings.home / "venvs" / service
 
     def log_path(self, service: str, pod: str) -> Path:
+        """A pod's log. Logs outlive their pods: teardown keeps them until purged."""
         return self.settings.home / "logs" / service / f"{pod}.log"
+
+    def pod_event(self, pod: Pod, text: str) -> None:
+        """Write what happened to a pod into its log, where ``hotpod logs`` shows it."""
+        try:
+            with open(self.log_path(pod.service, pod.name), "a") as fh:
+                fh.write(loglines.format_line(f"hotpod-controller: {text}", pod.name, pod.rank))
+        except OSError:
+            pass
 
     # -- state ------------------------------------------------------------------------------
 
@@ -194,6 +206,7 @@ class Controller:
                 "HOTPOD_STORE": str(self.settings.store_dir),
                 "HOTPOD_VENV": str(self.venv_dir(pod.service)),
                 "HOTPOD_PORT": str(pod.port),
+                "HOTPOD_RESTARTS": str(pod.restarts),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -205,8 +218,12 @@ class Controller:
             )
         log = self.log_path(pod.service, pod.name)
         log.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if log.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(log, log.with_name(log.name + ".1"))
         with open(log, "ab") as fh:
-            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pod {pod.name} starting\n".encode())
+            line = f"hotpod-controller: pod {pod.name} starting (restarts {pod.restarts})"
+            fh.write(loglines.format_line(line, pod.name, pod.rank).encode())
             fh.flush()
             pod.popen = subprocess.Popen(
                 [tpl.get("python") or sys.executable, "-m", "hotpod.runtime.supervisor"],
@@ -292,16 +309,19 @@ class Controller:
             pod.next_start = now + delay
             pod.popen = None
             self.registry.save_pod(pod.service, pod.record())
-            print(
-                f"pod {pod.name} exited (code {pod.last_exit}); restart {pod.restarts} in {delay:.1f} s",
-                flush=True,
+            what = (
+                f"pod {pod.name} exited (code {pod.last_exit}); restart {pod.restarts} in "
+                f"{delay:.1f} s"
             )
+            print(what, flush=True)
+            self.pod_event(pod, what)
         elif pod.status == "restarting" and now >= pod.next_start:
             try:
                 self.start_pod(pod)
             except OSError as exc:
                 pod.next_start = now + MAX_BACKOFF
                 print(f"pod {pod.name} failed to start: {exc}", flush=True)
+                self.pod_event(pod, f"pod {pod.name} failed to start: {exc}")
 
     # -- API --------------------------------------------------------------------------------
 
@@ -370,6 +390,8 @@ class Controller:
                 return False
             pods = self.pods.pop(name, [])
             await asyncio.gather(*(self.stop_pod(p) for p in pods))
+            for pod in pods:
+                self.pod_event(pod, f"service {name} deleted; the log is kept until purged")
             del self.services[name]
             self.registry.delete_service(name)
             shutil.rmtree(self.settings.pods_dir / name, ignore_errors=True)
