@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hotpod.store import Store
+from hotpod.store import Store, TreeUpdate
 
 _RELOAD_FIELDS = ("kind", "code", "init", "env", "image")
 
@@ -101,6 +101,22 @@ def _script_module_name(script: str) -> str:
     return f"_hotpod_script_{stem if stem.isidentifier() else 'main'}"
 
 
+def _invalidate_finders(tree: Path | None, update: TreeUpdate | None) -> None:
+    """Make imports see the files the update changed: only the finders of their directories
+    when the update says which (a big project's other directories keep their listings),
+    every finder otherwise."""
+    if tree is None or update is None or update.previous_id is None:
+        importlib.invalidate_caches()
+        return
+    directories = {tree}
+    for rel in (*update.changed, *update.removed):  # and their ancestors: new packages too
+        directories.update((tree / rel).parents)
+    for directory in directories:
+        finder = sys.path_importer_cache.get(str(directory))
+        if finder is not None and hasattr(finder, "invalidate_caches"):
+            finder.invalidate_caches()
+
+
 def _loaded_script(path: Path) -> Any:
     """The module of a script already imported from this very file (only init args changed)."""
     for module in list(sys.modules.values()):
@@ -149,11 +165,12 @@ def load(
 
     code = spec.get("code") or {}
     snapshot: Path | None = None
+    update: TreeUpdate | None = None
     previous_manifest = ((previous.spec.get("code") or {}).get("manifest")) if previous else None
     if code.get("manifest"):
         snapshot = code_dir / "current"  # the pod's own copy, brought up to date in place
         try:
-            store.update_tree(code["manifest"], snapshot)
+            update = store.update_tree(code["manifest"], snapshot)
         except Exception as exc:
             raise LoadError(
                 "sync", f"could not unpack the code: {exc}", traceback.format_exc()
@@ -182,7 +199,7 @@ def load(
     for k in (previous.spec.get("env") or {}) if previous else {}:
         os.environ.pop(k, None)
     os.environ.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
-    importlib.invalidate_caches()
+    _invalidate_finders(snapshot, update)
     phase = "import"
     try:
         if code.get("by_value"):
