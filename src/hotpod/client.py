@@ -193,8 +193,10 @@ class PodClient:
         body, ctype = wire.encode_request(args, kwargs, opts.serialization)
         if len(pods) == 1:
             return [self._call(pods[0], method, body, ctype, opts)]
+        request_id = uuid.uuid4().hex  # one id for the call on every pod: one 'logs --request'
         futures = [
-            self.executor(len(pods)).submit(self._call, p, method, body, ctype, opts) for p in pods
+            self.executor(len(pods)).submit(self._call, p, method, body, ctype, opts, request_id)
+            for p in pods
         ]
         results: list[Any] = [None] * len(pods)
         errors: dict[int, BaseException] = {}
@@ -226,13 +228,21 @@ class PodClient:
                 self._pool = ThreadPoolExecutor(min(max(n, 4), 256), thread_name_prefix="hotpod")
             return self._pool
 
-    def _call(self, pod: PodInfo, method: str, body: bytes, ctype: str, opts: CallOptions) -> Any:
+    def _call(
+        self,
+        pod: PodInfo,
+        method: str,
+        body: bytes,
+        ctype: str,
+        opts: CallOptions,
+        request_id: str | None = None,
+    ) -> Any:
         path = f"/call/{method}" if method else "/call"
         headers = {
             **self._headers,
             "Content-Type": ctype,
             wire.HEADER_ACCEPT: opts.serialization,
-            wire.HEADER_REQUEST_ID: uuid.uuid4().hex,
+            wire.HEADER_REQUEST_ID: request_id or uuid.uuid4().hex,
         }
         if opts.stream_logs:
             headers[wire.HEADER_STREAM_LOGS] = "1"
