@@ -11,6 +11,20 @@ import pytest
 import hotpod as kt
 import seed_code
 from seed_code import Model, my_fn, train
+from wheels import make_wheel
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """pip finds stand-ins for the seed's packages in a local folder and asks no index:
+    pip settings of the deploying machine reach the pods' pip steps."""
+    wheels = tmp_path / "wheels"
+    for name in ("transformers", "datasets"):
+        make_wheel(wheels, name, "0.0.1", f"NAME = {name!r}\n")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    return wheels
+
 
 MY_MANIFEST = {
     "apiVersion": "kubeflow.org/v1",
@@ -78,7 +92,7 @@ def test_image_chain_as_written():
 
 
 @pytest.mark.slow
-def test_live_updates_as_written(hotpod_home):
+def test_live_updates_as_written(hotpod_home, local_index):
     # Initial deployment
     image = kt.Image("pytorch/pytorch:2.0.0").pip_install(["transformers"])
     remote_fn = kt.fn(my_fn).to(kt.Compute(image=image))
@@ -103,7 +117,7 @@ def test_module_example_as_written(hotpod_home):
 
 
 @pytest.mark.slow
-def test_putting_it_together_as_written(hotpod_home):
+def test_putting_it_together_as_written(hotpod_home, local_index):
     # Define compute with image (cpus="4", gpus="1" in the seed; this machine has 2 cores)
     compute = kt.Compute(
         cpus="1",

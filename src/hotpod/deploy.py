@@ -28,11 +28,10 @@ from hotpod.progress import Progress
 log = logging.getLogger("hotpod")
 
 _LABEL_MAX = 56
-#: pod runtime settings taken from the deploying client's environment
-_PASS_THROUGH = (
-    "HOTPOD_MAX_BODY_BYTES",
-    "HOTPOD_THREADS",
-)  # leaves room for "-<rank>" in pod names
+#: settings taken from the deploying client's environment: the pod runtime's, and pip's own
+#: (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``...), so pip steps install from where this machine does
+_PASS_THROUGH = ("HOTPOD_MAX_BODY_BYTES", "HOTPOD_THREADS")
+_PASS_THROUGH_PREFIXES = ("PIP_",)
 
 
 def service_name(name: str) -> str:
@@ -60,7 +59,11 @@ def check_name(name: str) -> str:
 
 def pod_template(compute: Compute) -> dict[str, Any]:
     """What defines a pod on this machine: changing it replaces the pods."""
-    env = {k: os.environ[k] for k in _PASS_THROUGH if k in os.environ}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in _PASS_THROUGH or k.startswith(_PASS_THROUGH_PREFIXES)
+    }
     env.update(compute.env_vars or {})
     for secret in compute.secrets:
         env.update(secret.resolve())
