@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from hotpod import codesync
-from hotpod import store as store_module
 from hotpod.codesync import SyncResult, sync
 from hotpod.store import MAX_DELTA_CHAIN, LocalStore
+from hotpod.store.memo import _MEMO
 
 _T = TypeVar("_T")
 Pick = Callable[[list[int]], float]
@@ -71,7 +71,7 @@ def make_project(root: Path, files: int) -> Path:
 
 def forget_manifests() -> None:
     """What a fresh process starts with: no manifests memoized, no tree watched."""
-    store_module._MEMO.clear()
+    _MEMO.clear()
     codesync.forget_watches()
 
 

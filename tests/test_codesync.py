@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from hotpod import codesync
+from hotpod import codesync, watch
 from hotpod.codesync import (
     CodeSyncError,
     HashCache,
     SyncResult,
     build_manifest,
     find_project_root,
+    ignore,
     sync,
+    walk,
 )
 from hotpod.config import reload_settings
 from hotpod.errors import HotpodError
-from hotpod.store import _MEMO, LocalStore, read_marker
+from hotpod.store import LocalStore, read_marker
+from hotpod.store.memo import _MEMO
 
 PAST = time.time_ns() - 3600 * 10**9  # an hour ago: old enough for the hash cache to trust
 
@@ -224,7 +227,7 @@ def test_ignored_directories_are_pruned(project: Path, monkeypatch: pytest.Monke
         scanned.append(os.fspath(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(codesync.os, "scandir", spy)
+    monkeypatch.setattr(os, "scandir", spy)
     build_manifest(project)
     assert not [p for p in scanned if "outputs" in p or "node_modules" in p]
     assert str(project / "pkg") in scanned
@@ -351,7 +354,7 @@ def test_sync_default_cache_dir_uses_hotpod_home(
 def test_big_trees_hash_and_upload_in_parallel(
     project: Path, store: LocalStore, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(codesync, "_PARALLEL_BYTES", 1000)
+    monkeypatch.setattr(walk, "_PARALLEL_BYTES", 1000)
     for i in range(40):
         write(project, f"gen/m{i:03}.py", f"N = {i}\n" * 10)
     result = sync(project, store, cache_dir)
@@ -367,13 +370,13 @@ def test_big_trees_hash_and_upload_in_parallel(
 @pytest.fixture
 def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = codesync.hash_file
+    real = walk.hash_file
 
     def counting(path: Path) -> str:
         calls.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(codesync, "hash_file", counting)
+    monkeypatch.setattr(walk, "hash_file", counting)
     return calls
 
 
@@ -534,19 +537,19 @@ def test_quick_regex_agrees_with_pathspec(lines: list[str]) -> None:
     import pathspec
 
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
-    quick = codesync._quick_regex(spec)
+    quick = ignore._quick_regex(spec)
     assert quick is not None
     for path in PATHS:
-        verdict = codesync._spec_verdict(spec, path)
+        verdict = ignore._spec_verdict(spec, path)
         if quick.search(path) is None:
             assert verdict is None, path  # the shortcut may only skip paths nothing matches
-        fast = codesync._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, quick)),))
-        slow = codesync._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, None)),))
+        fast = ignore._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, quick)),))
+        slow = ignore._ignored(path.rstrip("/"), path.endswith("/"), ((_rules(spec, None)),))
         assert fast == slow, path
 
 
-def _rules(spec: object, quick: object) -> codesync._Rules:
-    return codesync._Rules("", spec, quick)  # type: ignore[arg-type]
+def _rules(spec: object, quick: object) -> ignore._Rules:
+    return ignore._Rules("", spec, quick)  # type: ignore[arg-type]
 
 
 def test_ignore_rules_under_subdirectories_use_the_shortcut(project: Path) -> None:
@@ -696,13 +699,13 @@ def test_no_change_sync_skips_building_the_manifest(
     age(project)
     first = sync(project, store, cache_dir)
     built: list[int] = []
-    real = codesync._Tree.manifest
+    real = walk._Tree.manifest
 
-    def spy(self: codesync._Tree, previous: object = None) -> object:
+    def spy(self: walk._Tree, previous: object = None) -> object:
         built.append(1)
         return real(self, previous)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(codesync._Tree, "manifest", spy)
+    monkeypatch.setattr(walk._Tree, "manifest", spy)
     assert sync(project, store, cache_dir).manifest_id == first.manifest_id
     assert built == []  # the cache vouched for the id
 
@@ -765,18 +768,18 @@ def test_watched_syncs_equal_a_full_walk_after_random_edits(
 ) -> None:
     import random
 
-    if not codesync.watch.available():
+    if not watch.available():
         pytest.skip("inotify is Linux-only")
     rng = random.Random(4242)
     write(project, ".gitignore", "*.log\nbuild/\n")
     walks: list[int] = []
-    real_walk = codesync._walk
+    real_walk = walk._walk
 
     def counting(*args: object) -> object:
         walks.append(1)
         return real_walk(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(codesync, "_walk", counting)
+    monkeypatch.setattr(walk, "_walk", counting)
     dirs = ["", "pkg/", "scripts/"]
 
     def files() -> list[Path]:

@@ -16,7 +16,6 @@ import pytest
 
 from hotpod.errors import HotpodError
 from hotpod.store import (
-    _MEMO,
     MARKER,
     MAX_DELTA_CHAIN,
     PENDING,
@@ -29,6 +28,7 @@ from hotpod.store import (
     read_marker,
     recent_manifest,
 )
+from hotpod.store.memo import _MEMO
 
 
 @pytest.fixture
@@ -876,7 +876,7 @@ def test_update_tree_of_large_tree_touches_only_the_change(
         calls.append(path)
         return sha(Path(path).read_bytes())
 
-    monkeypatch.setattr("hotpod.store.hash_file", counting)
+    monkeypatch.setattr("hotpod.store.tree.hash_file", counting)
     update = store.update_tree(second.id, dest)
     assert update.changed == ("pkg/sub05/mod0250.py",) and calls == []
     assert (dest / "pkg/sub05/mod0250.py").read_bytes() == b"X = 'new'\n"

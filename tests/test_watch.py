@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotpod import codesync, watch
-from hotpod.codesync import build_manifest, sync
+from hotpod.codesync import build_manifest, sync, walk, watched
 from hotpod.store import LocalStore
 from hotpod.watch import TreeWatcher
 
@@ -158,13 +158,13 @@ def synced(
     project: Path, store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Syncer:
     walks: list[int] = []
-    real = codesync._walk
+    real = walk._walk
 
     def counting(*args: object, **kwargs: object) -> object:
         walks.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(codesync, "_walk", counting)
+    monkeypatch.setattr(walk, "_walk", counting)
     syncer = Syncer(project, store, tmp_path / "cache", walks)
     first = syncer(walked=True)  # a process's first sync walks, and starts watching
     assert first.uploaded_files == 6
@@ -232,7 +232,7 @@ def test_ignore_file_change_walks(project: Path, synced: Syncer, name: str) -> N
 
 
 def test_overflow_walks(project: Path, synced: Syncer) -> None:
-    live = next(iter(codesync._LIVE.values()))
+    live = next(iter(watched._LIVE.values()))
     live.watcher.broken = True  # as after IN_Q_OVERFLOW (see test_watcher_overflow_means_walk)
     write(project, "main.py", "changed while the queue overflowed\n")
     synced(walked=True)
@@ -254,18 +254,18 @@ def test_without_inotify_every_sync_walks(
 ) -> None:
     monkeypatch.setattr(watch, "_lib", lambda: None)
     walks: list[int] = []
-    real = codesync._walk
+    real = walk._walk
 
     def counting(*args: object) -> object:
         walks.append(1)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(codesync, "_walk", counting)
+    monkeypatch.setattr(walk, "_walk", counting)
     syncer = Syncer(project, store, tmp_path / "cache", walks)
     syncer(walked=True)
     write(project, "main.py", "v2\n")
     syncer(walked=True)
-    assert not codesync._LIVE
+    assert not watched._LIVE
 
 
 def test_symlinked_file_whose_target_is_not_watched(project: Path, synced: Syncer) -> None:
@@ -285,10 +285,10 @@ def test_a_file_that_becomes_a_directory_walks(project: Path, synced: Syncer) ->
 
 
 def test_forked_child_does_not_share_the_watcher(project: Path, synced: Syncer) -> None:
-    assert codesync._LIVE
+    assert watched._LIVE
     pid = os.fork()
     if pid == 0:  # the child: its state must be gone, or it would read the parent's events
-        os._exit(0 if not codesync._LIVE else 1)
+        os._exit(0 if not watched._LIVE else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     write(project, "main.py", "after the fork\n")
