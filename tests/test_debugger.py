@@ -134,3 +134,60 @@ def test_without_a_terminal_the_log_names_the_command_that_attaches(hotpod_home,
     finally:
         if caller.poll() is None:
             caller.kill()
+
+
+def _dap_send(sock, seq: int, command: str, **arguments) -> None:
+    import json
+
+    body = json.dumps(
+        {"seq": seq, "type": "request", "command": command, "arguments": arguments}
+    ).encode()
+    sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def _dap_read(stream) -> dict:
+    import json
+
+    headers = {}
+    while line := stream.readline().decode().strip():
+        key, value = line.split(":", 1)
+        headers[key.strip()] = value.strip()
+    return json.loads(stream.read(int(headers["Content-Length"])))
+
+
+def test_debugpy_lets_an_ide_stop_in_the_users_frame(hotpod_home):
+    import re
+    import socket
+    import threading
+    import time
+
+    import debug_code as d
+    import hotpod as kt
+
+    remote = kt.fn(d.compute, name="dbg-dap").to(kt.Compute(cpus="0.5"))
+    result: list[int] = []
+    call = threading.Thread(
+        target=lambda: result.append(remote.with_options(debugger="debugpy")(21))
+    )
+    call.start()
+    log = hotpod_home / "logs" / "dbg-dap" / "dbg-dap-0.log"
+    deadline = time.monotonic() + 30
+    while not (match := re.search(r"debugpy listens on [\d.]+:(\d+)", log.read_text())):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=30) as ide:
+        stream = ide.makefile("rb")
+        _dap_send(ide, 1, "initialize", adapterID="hotpod-test")
+        _dap_send(ide, 2, "attach", justMyCode=False)
+        _dap_send(ide, 3, "configurationDone")
+        while (msg := _dap_read(stream)).get("event") != "stopped":
+            pass
+        thread_id = msg["body"]["threadId"]
+        _dap_send(ide, 4, "stackTrace", threadId=thread_id)
+        while (msg := _dap_read(stream)).get("command") != "stackTrace":
+            pass
+        assert msg["body"]["stackFrames"][0]["name"] == "compute"  # the user's frame
+        _dap_send(ide, 5, "continue", threadId=thread_id)
+        _dap_send(ide, 6, "disconnect")
+        call.join(30)
+    assert result == [43]

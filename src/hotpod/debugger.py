@@ -65,6 +65,8 @@ def attach(
 def attach_announced(info: dict[str, Any], token: str) -> bool:
     """Attach to a session a pod announced during a call, when this is an interactive terminal
     and no other session is attached here; otherwise the log line with the command suffices."""
+    if info.get("kind") == "debugpy":  # an IDE attaches to that one, not this terminal
+        return False
     if not in_foreground_terminal() or _attached.locked():
         return False
     return attach(str(info.get("host", "127.0.0.1")), int(info["port"]), token)

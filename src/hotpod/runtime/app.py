@@ -592,7 +592,7 @@ class PodApp:
                 loop.call_soon_threadsafe(queue.put_nowait, data)
 
         options = debug.DebugOptions.parse(_header(scope, b"x-hotpod-debug"))
-        return debug.CallDebug(options, announce, request_id)
+        return debug.CallDebug(options, announce, request_id, streaming=queue is not None)
 
     async def _stream(
         self, send: Send, queue: asyncio.Queue[object], work: Awaitable[bytes]

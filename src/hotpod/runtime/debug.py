@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import json
 import os
 import pdb
@@ -61,6 +62,7 @@ class CallDebug:
     options: DebugOptions
     announce: Announce  # (session info, log line) -> sends the D frame and the log line
     request_id: str
+    streaming: bool = True  # False: the caller hears nothing until the call ends
 
 
 @dataclass
@@ -76,6 +78,7 @@ current: contextvars.ContextVar[CallDebug | None] = contextvars.ContextVar(
 )
 _state: dict[str, Any] = {"token": "", "pod": "", "rank": 0, "service": "", "host": "127.0.0.1"}
 _sessions: dict[int, Session] = {}
+_debugpy_address: tuple[str, int] | None = None
 _lock = threading.Lock()
 
 
@@ -226,6 +229,14 @@ def breakpointhook(*args: Any, **kwargs: Any) -> None:
     if options.rank is not None and options.rank != _state["rank"]:
         return  # another rank debugs; this one goes on to meet it at the next sync point
     frame = sys._getframe(1)
+    if call is not None and not call.streaming:
+        print(
+            f"hotpod: breakpoint() at {frame.f_code.co_filename}:{frame.f_lineno} skipped: the "
+            "caller does not stream this call (stream_logs=False), so no debugger could attach",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
     if _on_event_loop():
         print(
             f"hotpod: breakpoint() at {frame.f_code.co_filename}:{frame.f_lineno} skipped: it "
@@ -274,13 +285,32 @@ def _debugpy(frame: FrameType) -> bool:
             flush=True,
         )
         return False
-    host, port = debugpy.listen((_state["host"], 0))
+    global _debugpy_address
+    if _debugpy_address is None:  # one listener per worker, adapter in this process
+        try:
+            _debugpy_address = debugpy.listen((_state["host"], 0), in_process_debug_adapter=True)
+        except TypeError:  # an older debugpy: its adapter is a child of this worker
+            _debugpy_address = debugpy.listen((_state["host"], 0))
+    host, port = _debugpy_address
     call = current.get()
     line = f"debugpy listens on {host}:{port}: attach your IDE (the call waits for it)"
     if call is not None:
         call.announce({"pod": _state["pod"], "host": host, "port": port, "kind": "debugpy"}, line)
     debugpy.wait_for_client()
-    debugpy.breakpoint()
+    try:  # stop in the user's frame, not in hotpod's
+        importlib.import_module("debugpy._vendored.force_pydevd")  # puts pydevd on the path
+        pydevd: Any = importlib.import_module("pydevd")
+
+        pydevd.settrace(
+            suspend=True,
+            trace_only_current_thread=True,
+            patch_multiprocessing=False,
+            stop_at_frame=frame,
+        )
+    except Exception:
+        debugpy.breakpoint()
+    finally:
+        sys.breakpointhook = breakpointhook  # later breakpoints come back to hotpod
     return True
 
 

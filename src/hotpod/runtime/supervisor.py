@@ -30,7 +30,13 @@ DRAIN_TIMEOUT = 30.0
 
 
 def _log(message: str) -> None:
-    print(f"hotpod-supervisor: {message}", flush=True)
+    from hotpod.loglines import format_line
+
+    pod = os.environ.get("HOTPOD_POD_NAME")
+    rank = os.environ.get("HOTPOD_RANK")
+    line = format_line(f"hotpod-supervisor: {message}", pod, int(rank) if rank else None)
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def bind(host: str, port: int) -> socket.socket:
