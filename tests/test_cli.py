@@ -60,3 +60,15 @@ def test_errors_are_clear(services):
     assert "no service named 'ghost'" in run("teardown", "ghost", code=1)
     out = run("call", "cli-model", "nope", code=1)
     assert "no attribute 'nope'" in out
+
+
+def test_token_prints_what_the_pods_accept(services):
+    import httpx
+
+    from hotpod.backends import get_backend
+
+    token = run("token", "cli-train", stdout=True).strip()
+    pod = get_backend().get("cli-train").pods[0]
+    r = httpx.get(f"{pod.url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and "hotpod_calls_total" in r.text
+    assert "no service named 'nope'" in run("token", "nope", code=1)

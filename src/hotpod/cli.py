@@ -136,7 +136,10 @@ def describe(name: str, as_json: bool) -> None:
     click.echo(f"  Python:  {d['call']['python']}")
     click.echo(f"  CLI:     {d['call']['cli']}")
     click.echo(f"Logs:      hotpod logs {d['name']} -f")
-    click.echo("Metrics:   GET <pod endpoint>/metrics with the service token as bearer token")
+    click.echo(
+        f"Metrics:   GET <pod endpoint>/metrics with the bearer token 'hotpod token {d['name']}'"
+        " prints"
+    )
     click.echo(f"Diagnose:  hotpod check {d['name']}")
 
 
@@ -512,6 +515,18 @@ def dockerfile(target: str, output: Path | None) -> None:
     click.echo(
         f"Wrote {out / 'Dockerfile'} and its build context. Build it with: docker build {out}"
     )
+
+
+@main.command()
+@click.argument("name")
+def token(name: str) -> None:
+    """Print a service's token (a secret: what every pod endpoint but /health asks for)."""
+    from hotpod.backends import get_backend
+
+    try:
+        click.echo(get_backend().get(name).token)
+    except HotpodError as exc:
+        _fail(exc)
 
 
 @main.command()
