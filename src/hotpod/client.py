@@ -1,28 +1,28 @@
 """Calls from the client to the pods of a service, over HTTP.
 
 One keep-alive connection pool per handle; a call to one pod runs in the caller's thread, a
-broadcast runs one thread per pod. Log lines the pods stream back are printed as they arrive,
-each prefixed with its pod's name. Transport errors are translated here, at the boundary, into
+broadcast runs one thread per pod (the async twin is :mod:`hotpod.aioclient`). When the pod
+answers with a stream (the function is a generator), the call returns an iterator of its items
+as they arrive (:mod:`hotpod.answers`). Log lines the pods stream back are printed as they
+arrive, each prefixed with its pod's name. Transport errors are translated here, at the boundary, into
 hotpod's own (``PodUnreachableError``, ``CallTimeoutError``...).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import pickle
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
 from hotpod import transport, wire
+from hotpod.answers import Stream, StreamReader, print_log, rebuild_error, stream_items
 from hotpod.backends.base import PodInfo
 from hotpod.errors import (
     BroadcastError,
@@ -31,10 +31,11 @@ from hotpod.errors import (
     DeployError,
     PodUnreachableError,
     ProtocolError,
-    RemoteError,
-    RemoteTraceback,
 )
 from hotpod.progress import Progress
+
+if TYPE_CHECKING:
+    from hotpod.aiotransport import AsyncTransport
 
 CONNECT_TIMEOUT = 5.0
 #: how long a call keeps retrying a pod that refuses connections (it is restarting)
@@ -101,47 +102,6 @@ class CallOptions:
             raise SpecError(f"debugger={self.debugger!r}: expected 'pdb' or 'debugpy'")
 
 
-_print_lock = threading.Lock()
-
-
-def _print_log(pod: str, line: bytes, out: TextIO | None) -> None:
-    stream = out or sys.stdout
-    with _print_lock:
-        stream.write(f"({pod}) {line.decode('utf-8', 'replace')}\n")
-        stream.flush()
-
-
-def rebuild_error(info: dict[str, Any], pickled: bytes | None) -> BaseException:
-    """The remote exception as its own type when it can be imported here, else RemoteError."""
-    exc: BaseException | None = None
-    if pickled is not None:
-        try:
-            exc = pickle.loads(pickled)
-        except Exception:
-            exc = None
-    if exc is None:
-        try:
-            obj: Any = importlib.import_module(info["module"])
-            for part in info["qualname"].split("."):
-                obj = getattr(obj, part)
-            if isinstance(obj, type) and issubclass(obj, BaseException):
-                exc = obj(info["message"])
-        except Exception:
-            exc = None
-    if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: never end the caller
-        exc = RemoteError(
-            info.get("message", ""),
-            type_name=info.get("type", ""),
-            remote_traceback=info.get("traceback", ""),
-            pod=info.get("pod"),
-            rank=info.get("rank"),
-        )
-    exc.__cause__ = RemoteTraceback(info.get("traceback", ""))
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"(raised on pod {info.get('pod')}, rank {info.get('rank')})")
-    return exc
-
-
 class PodClient:
     """HTTP access to the pods of one service. ``PodClient.shared`` gives one per service."""
 
@@ -165,6 +125,7 @@ class PodClient:
             wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION,
         }
         self._transport = transport.Transport(CONNECT_TIMEOUT)
+        self._atransport: AsyncTransport | None = None  # made by the first async call
         self._http = httpx.Client(
             headers=self._headers,
             timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None, write=None, pool=None),
@@ -176,6 +137,8 @@ class PodClient:
 
     def close(self) -> None:
         self._transport.close()
+        if self._atransport is not None:
+            self._atransport.close()
         self._http.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
@@ -205,6 +168,12 @@ class PodClient:
                 results[i] = fut.result()
             except BaseException as exc:
                 errors[i] = exc
+        return self.gathered(pods, results, errors)
+
+    def gathered(
+        self, pods: Sequence[PodInfo], results: list[Any], errors: dict[int, BaseException]
+    ) -> list[Any]:
+        """A broadcast's results in rank order, or BroadcastError when some pods failed."""
         if errors:
             names = [p.name for p in pods]
             detail = "; ".join(
@@ -238,17 +207,7 @@ class PodClient:
         request_id: str | None = None,
     ) -> Any:
         path = f"/call/{method}" if method else "/call"
-        headers = {
-            **self._headers,
-            "Content-Type": ctype,
-            wire.HEADER_ACCEPT: opts.serialization,
-            wire.HEADER_REQUEST_ID: request_id or uuid.uuid4().hex,
-        }
-        if opts.stream_logs:
-            headers[wire.HEADER_STREAM_LOGS] = "1"
-        debug = opts.debug_header()
-        if debug:
-            headers[wire.HEADER_DEBUG] = debug
+        headers = self.call_headers(ctype, opts, request_id)
         start = time.monotonic()
         deadline = start + opts.timeout if opts.timeout else None
         what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
@@ -269,11 +228,7 @@ class PodClient:
                 # nothing was sent: the pod is (re)starting; wait for it within the window
                 waited = time.monotonic() - start
                 if waited > RECONNECT_WINDOW or (deadline and time.monotonic() >= deadline):
-                    raise PodUnreachableError(
-                        f"{what}: pod {pod.name} at {pod.url} refuses connections ({exc}) after "
-                        f"{waited:.0f} s. Run 'hotpod describe {self.service}' to see its state.",
-                        pod=pod.name,
-                    ) from None
+                    raise self._refused(what, pod, exc, waited) from None
                 time.sleep(0.05)
             except transport.TimedOut:
                 raise self._timeout(what, opts) from None
@@ -291,6 +246,20 @@ class PodClient:
         except BaseException:
             resp.abandon()
             raise
+
+    def call_headers(self, ctype: str, opts: CallOptions, request_id: str | None) -> dict[str, str]:
+        headers = {
+            **self._headers,
+            "Content-Type": ctype,
+            wire.HEADER_ACCEPT: opts.serialization,
+            wire.HEADER_REQUEST_ID: request_id or uuid.uuid4().hex,
+        }
+        if opts.stream_logs:
+            headers[wire.HEADER_STREAM_LOGS] = "1"
+        debug = opts.debug_header()
+        if debug:
+            headers[wire.HEADER_DEBUG] = debug
+        return headers
 
     def _await_pod(
         self,
@@ -314,6 +283,13 @@ class PodClient:
                     pod=pod.name,
                 )
             time.sleep(0.05)
+
+    def _refused(self, what: str, pod: PodInfo, exc: Exception, waited: float) -> Exception:
+        return PodUnreachableError(
+            f"{what}: pod {pod.name} at {pod.url} refuses connections ({exc}) after "
+            f"{waited:.0f} s. Run 'hotpod describe {self.service}' to see its state.",
+            pod=pod.name,
+        )
 
     def _timeout(self, what: str, opts: CallOptions) -> CallTimeoutError:
         return CallTimeoutError(
@@ -340,24 +316,24 @@ class PodClient:
         decoder = wire.FrameDecoder()
         pickled_exc: bytes | None = None
         outcome: tuple[bool, Any] | None = None
-        for chunk in resp.chunks():
-            for kind, payload in decoder.feed(chunk):
+        chunks = resp.chunks()
+        for chunk in chunks:
+            frames = decoder.feed(chunk)
+            for i, (kind, payload) in enumerate(frames):
                 if kind == wire.FRAME_LOG:
                     if opts.stream_logs:
-                        _print_log(pod.name, payload, self.log_out)
+                        print_log(pod.name, payload, self.log_out)
                 elif kind in (wire.FRAME_JSON, wire.FRAME_PICKLE):
                     outcome = (True, wire.decode_result(kind, payload))
                 elif kind == wire.FRAME_EXC:
                     pickled_exc = payload
-                elif kind == wire.FRAME_DEBUG:
-                    from hotpod.debugger import attach_announced
-
-                    resp.set_timeout(None)  # a person is debugging: no deadline meanwhile
-                    attach_announced(json.loads(payload), self._headers["Authorization"][7:])
                 elif kind == wire.FRAME_ERROR:
                     outcome = (False, rebuild_error(json.loads(payload), pickled_exc))
+                elif kind == wire.FRAME_STREAM:
+                    reader = StreamReader(self, pod, what, opts, decoder, frames[i + 1 :])
+                    return Stream(stream_items(reader, resp, chunks, deadline), resp)
                 else:
-                    raise ProtocolError(f"{what}: unknown frame type {kind!r} from the pod")
+                    self.other_frame(kind, payload, what, resp)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -369,6 +345,18 @@ class PodClient:
         if not ok:
             raise value
         return value
+
+    def other_frame(
+        self, kind: bytes, payload: bytes, what: str, resp: transport.Response | None
+    ) -> None:
+        """A debugger session (D frame): attach this terminal; anything else is an error."""
+        if kind != wire.FRAME_DEBUG:
+            raise ProtocolError(f"{what}: unknown frame type {kind!r} from the pod")
+        from hotpod.debugger import attach_announced
+
+        if resp is not None:
+            resp.set_timeout(None)  # a person is debugging: no deadline meanwhile
+        attach_announced(json.loads(payload), self._headers["Authorization"][7:])
 
     def _status_error(self, pod: PodInfo, method: str, status: int, data: bytes) -> Exception:
         text = data.decode("utf-8", "replace")

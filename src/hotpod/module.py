@@ -3,6 +3,19 @@
 Call options live on the handle (``handle.with_options(timeout=...)``), never in the user's own
 keyword arguments. On a pod, ``.to()`` returns the local object, so a module that deploys at
 import time still imports cleanly there.
+
+Async twins follow one rule: every blocking action ``x(...)`` has ``await x.aio(...)``, which
+returns what ``x(...)`` returns::
+
+    remote = await kt.fn(f).to.aio(compute)          # deploy (in a worker thread)
+    model = await kt.cls(Model).to.aio(compute, init_args={...})
+    y = await remote.aio(x)                           # call
+    y = await model.predict.aio(x)                    # method call
+
+A generator function's call returns an iterator of its items as the pod yields them
+(``for item in remote(n)``); its async twin an async iterator
+(``async for item in await remote.aio(n)``). With several pods, a call returns one result per
+pod in rank order, and for a generator one iterator per pod.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ import dataclasses
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from hotpod.backends import ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
@@ -23,6 +36,46 @@ from hotpod.errors import SpecError
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+S = TypeVar("S")
+TP = ParamSpec("TP")
+TR = TypeVar("TR")
+
+
+class _Twin(Generic[S, TP, TR]):
+    """A method with an async twin: ``obj.to(...)``, and ``await obj.to.aio(...)`` which runs
+    the same method in a worker thread (``asyncio.to_thread``)."""
+
+    def __init__(self, func: Callable[Concatenate[S, TP], TR]) -> None:
+        self._func = func
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Twin[S, TP, TR]: ...
+
+    @overload
+    def __get__(self, obj: S, owner: type | None = None) -> _BoundTwin[TP, TR]: ...
+
+    def __get__(self, obj: S | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundTwin(self._func, obj)
+
+
+class _BoundTwin(Generic[TP, TR]):
+    def __init__(self, func: Callable[..., TR], obj: Any) -> None:
+        self._func = func
+        self._obj = obj
+        self.__doc__ = func.__doc__
+
+    def __call__(self, *args: TP.args, **kwargs: TP.kwargs) -> TR:
+        return self._func(self._obj, *args, **kwargs)
+
+    async def aio(self, *args: TP.args, **kwargs: TP.kwargs) -> TR:
+        """The async twin: the same, awaited (it runs in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self._func, self._obj, *args, **kwargs)
 
 
 def _report(dep: Deployment) -> None:
@@ -83,6 +136,14 @@ class _Remote:
             return self._client.call(pods[0], method, args, kwargs, self._options)
         return self._client.broadcast(pods, method, args, kwargs, self._options)
 
+    async def _ainvoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+        from hotpod import aioclient
+
+        pods = self._service.pods
+        if len(pods) == 1:
+            return await aioclient.call(self._client, pods[0], method, args, kwargs, self._options)
+        return await aioclient.broadcast(self._client, pods, method, args, kwargs, self._options)
+
     def teardown(self) -> bool:
         """Delete the service and its pods. Returns False if it was already gone."""
         return get_backend().teardown(self._service.name)
@@ -95,11 +156,22 @@ class RemoteFn(_Remote, Generic[P, R]):
     """A deployed function. Calling it runs the function on every pod of the service.
 
     With one pod the call returns the function's result; with several, a list of results in rank
-    order (broadcast, SPMD).
+    order (broadcast, SPMD). A generator function's call returns an iterator of its items as
+    they are produced (one iterator per pod when there are several). ``await remote.aio(...)``
+    is the async twin.
     """
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._invoke("", args, kwargs)  # type: ignore[no-any-return]
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The async twin of a call: ``await remote.aio(x)`` returns what ``remote(x)`` does,
+        with a generator's items as an async iterator (``async for item in await ...``).
+
+        Cancelling it closes the connection: the pod cancels async code; sync code cannot be
+        interrupted, so it runs to its end on the pod and its result is dropped.
+        """
+        return await self._ainvoke("", args, kwargs)  # type: ignore[no-any-return]
 
     def with_options(
         self,
@@ -125,6 +197,10 @@ class RemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._owner._invoke(self._name, args, kwargs)
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        """The async twin: ``await remote.method.aio(x)`` (see :meth:`RemoteFn.aio`)."""
+        return await self._owner._ainvoke(self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<RemoteMethod {self._owner.name}.{self._name}>"
@@ -169,10 +245,12 @@ class Fn(Generic[P, R]):
         self.func = func
         self.name = check_name(name) if name is not None else service_name(func.__name__)
 
+    @_Twin
     def to(self, compute: Compute) -> RemoteFn[P, R]:
         """Deploy to ``compute`` (or patch the service of this name); returns a handle.
 
-        On a pod this returns the function itself.
+        ``await fn.to.aio(compute)`` is the async twin. On a pod this returns the function
+        itself.
         """
         if settings().in_pod:
             return _LocalFn(self.func)  # type: ignore[return-value]
@@ -193,6 +271,10 @@ class _LocalFn:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__wrapped__(*args, **kwargs)
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
 
     def with_options(self, **_: Any) -> _LocalFn:
         return self
@@ -233,6 +315,7 @@ class Cls(Generic[T]):
         self.klass = klass
         self.name = check_name(name) if name is not None else service_name(klass.__name__)
 
+    @_Twin
     def to(
         self,
         compute: Compute,
@@ -242,6 +325,7 @@ class Cls(Generic[T]):
 
         ``init_args`` is a dict of keyword arguments (or a list/tuple of positional ones). When
         they and the code are unchanged, a later ``.to()`` keeps the running instances.
+        ``await cls.to.aio(compute, init_args=...)`` is the async twin.
         """
         if init_args is None:
             args: tuple = ()

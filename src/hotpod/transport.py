@@ -65,12 +65,10 @@ class _Conn:
             self.sock.close()
 
 
-class Response:
-    """A response being read; ``chunks()`` yields body bytes as they arrive."""
+class ResponseHead:
+    """The httptools callbacks and what they collect; the sync and async responses share it."""
 
-    def __init__(self, conn: _Conn, release: Callable[[_Conn], None]) -> None:
-        self._conn = conn
-        self._release = release
+    def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
@@ -97,6 +95,29 @@ class Response:
 
     def header(self, name: str) -> str | None:
         return self._headers.get(name.lower())
+
+    @property
+    def complete(self) -> bool:
+        """The whole response has been read."""
+        return self._complete
+
+
+def request_head(path: str, host: bytes, headers: dict[str, str], length: int) -> bytes:
+    """The request line and headers of a POST of ``length`` bytes."""
+    head = [f"POST {path} HTTP/1.1\r\nHost: ".encode(), host, b"\r\n"]
+    for name, value in headers.items():
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
+    head.append(f"Content-Length: {length}\r\n\r\n".encode())
+    return b"".join(head)
+
+
+class Response(ResponseHead):
+    """A response being read; ``chunks()`` yields body bytes as they arrive."""
+
+    def __init__(self, conn: _Conn, release: Callable[[_Conn], None]) -> None:
+        super().__init__()
+        self._conn = conn
+        self._release = release
 
     def set_timeout(self, seconds: float | None) -> None:
         self._conn.sock.settimeout(seconds)
@@ -187,20 +208,18 @@ class Transport:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         conn = self._connection(host, port)
-        head = [f"POST {path} HTTP/1.1\r\nHost: ".encode(), conn.host, b"\r\n"]
-        for name, value in headers.items():
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        head.append(f"Content-Length: {len(body)}\r\n\r\n".encode())
+        head = request_head(path, conn.host, headers, len(body))
         idle = self._idle()
 
         def release(c: _Conn) -> None:
-            idle[(host, port)] = c
+            if idle.setdefault((host, port), c) is not c:  # (a stream held it meanwhile)
+                c.close()
 
         resp = Response(conn, release)
         sent = 0.0
         try:
             conn.sock.settimeout(timeout)
-            conn.sock.sendall(b"".join(head) + body)
+            conn.sock.sendall(head + body)
             sent = time.monotonic()
             resp._start()
         except TimeoutError as exc:

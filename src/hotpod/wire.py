@@ -16,6 +16,16 @@ Frame types::
     X  the exception, pickled (best effort; precedes E)
     E  the error, JSON: type, message, traceback, pod, rank
     D  a debugger session waits (``breakpoint()``): JSON host, port, pod, rank, location
+    S  the call streams: the function is (or returned) a generator; empty payload, sent as soon
+       as the generator exists, before its first item
+    I  one item of the stream: one byte, ``J`` or ``P``, then the item encoded as in those frames
+    Z  the stream ended normally, after its last item (empty payload)
+
+A streamed answer is ``S``, then ``I`` frames as the generator yields them (``L`` and ``D``
+frames interleaved, in the order they happened), then ``Z``; an exception raised by the
+generator ends it with ``X``/``E`` after the items already sent. The client stops a stream by
+closing the connection: the pod then cancels an async generator, and stops pulling a sync one
+(closing it after the item being produced).
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ FRAME_PICKLE = b"P"
 FRAME_EXC = b"X"
 FRAME_ERROR = b"E"
 FRAME_DEBUG = b"D"  # a debugger session waits on the pod: JSON host, port, pod, location
+FRAME_STREAM = b"S"  # the answer is a stream of items
+FRAME_ITEM = b"I"  # one item: b"J" or b"P", then the encoded item
+FRAME_END = b"Z"  # the stream ended normally
 
 _HEAD = struct.Struct(">cI")
 HEAD_SIZE = _HEAD.size
@@ -168,6 +181,26 @@ def encode_result(value: Any, accept: str) -> bytes:
             "call with handle.with_options(serialization='pickle') or 'auto'"
         )
     return frame(FRAME_PICKLE, dumps_pickle(value))
+
+
+def encode_item(value: Any, accept: str) -> bytes:
+    """One item of a stream as an I frame, following the client's accepted serialization."""
+    if accept != "pickle" and is_pure_json(value):
+        return frame(FRAME_ITEM, FRAME_JSON + json.dumps(value, separators=(",", ":")).encode())
+    if accept == "json":
+        raise TypeError(
+            f"an item ({type(value).__name__}) cannot be sent as JSON without changing it; "
+            "call with handle.with_options(serialization='pickle') or 'auto'"
+        )
+    return frame(FRAME_ITEM, FRAME_PICKLE + dumps_pickle(value))
+
+
+def decode_item(payload: bytes) -> Any:
+    """The value of an I frame's payload."""
+    kind = payload[:1]
+    if kind not in (FRAME_JSON, FRAME_PICKLE):
+        raise ProtocolError(f"stream item of unknown encoding {kind!r}")
+    return decode_result(kind, payload[1:])
 
 
 def decode_result(kind: bytes, payload: bytes) -> Any:
