@@ -451,7 +451,7 @@ def test_exception_comes_back_as_frames(pod: Pod) -> None:
             assert "in helper" in tb
             assert "ValueError: boom 7" in tb
             assert f"{mod}.py" in tb
-            assert "hotpod/runtime/app.py" not in tb  # the runtime's own frame is dropped
+            assert "hotpod/runtime/calls.py" not in tb  # the runtime's own frame is dropped
 
     pod.run(go)
 

@@ -1,0 +1,263 @@
+"""The launch path of the pod's server (``POST /_hotpod/launch``).
+
+A launch spec is checked, its image's setup steps are applied (``setup``) and its code is loaded
+(``loader``), reloading only what changed. The launch being served is kept in the pod root so that
+a restarted worker resumes it; a launch that needs a new worker is handed over to the successor;
+why the last launch failed is kept there too, for /health to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hotpod import wire
+from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
+from hotpod.runtime.loader import LoadError, load, reload_key
+from hotpod.runtime.setup import Setup, SetupError
+from hotpod.runtime.state import PodState
+
+
+def _check_spec(spec: Any) -> None:
+    """Check a launch spec's shape (see ``loader``); raises ValueError naming what is wrong."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("code"), dict):
+        raise ValueError("expected a JSON object with a 'code' object")
+    if spec.get("kind", "fn") not in ("fn", "cls"):
+        raise ValueError(f"'kind' is {spec.get('kind')!r}: expected 'fn' or 'cls'")
+    code = spec["code"]
+    for key in ("manifest", "module", "script", "qualname", "by_value"):
+        if not isinstance(code.get(key), (str, type(None))):
+            raise ValueError(f"'code.{key}' must be a string or null")
+    if not (code.get("by_value") or code.get("script") or code.get("module")):
+        raise ValueError("'code' names no 'module', 'script' or 'by_value' to load")
+    if not code.get("by_value") and not code.get("qualname"):
+        raise ValueError("'code.qualname' is missing: which function or class to serve")
+    paths = code.get("paths", [""])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise ValueError("'code.paths' must be a list of strings")
+    for p in paths:
+        if p.startswith("/") or ".." in p.split("/"):
+            raise ValueError(f"'code.paths' entry {p!r} leaves the code snapshot")
+    if not isinstance(spec.get("init"), (str, type(None))):
+        raise ValueError("'init' must be a string (a blob digest) or null")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise ValueError("'env' must be an object of names to values")
+
+
+class LaunchMixin:
+    """The launch path of ``PodApp``: loading launches, persisting and resuming them."""
+
+    state: PodState
+
+    if TYPE_CHECKING:  # (from ``CallsMixin``)
+
+        async def _stream(
+            self,
+            send: Send,
+            queue: asyncio.Queue[object],
+            work: Awaitable[object],
+            watch: Receive | None = None,
+            receive: Receive | None = None,
+        ) -> None: ...
+
+    async def _resume(self) -> bool:
+        """After a (re)start, load the launch a predecessor handed over, else the one the pod
+        last served. False if the handed-over launch failed (the supervisor then keeps the old
+        worker), or if nothing could be loaded."""
+        st = self.state
+        restart, st.request_restart = st.request_restart, None  # resuming never asks again
+        try:
+            handed = _read_json(st.next_launch_file)
+            failed: tuple[str, str] | None = None
+            if handed is not None:
+                failed = await self._try_launch(handed)
+                st.next_launch_file.unlink(missing_ok=True)
+                if failed is None:
+                    return True
+                failure = _read_json(st.launch_error_file)  # what the client waits to hear
+            spec = _read_json(st.launch_file)
+            ok = spec is None or await self._try_launch(spec) is None
+            if failed is not None:
+                if failure is not None:  # the fallback's outcome must not hide it
+                    self._write_error(failure)
+                return False
+            return ok
+        finally:
+            st.request_restart = restart
+
+    async def _try_launch(self, spec: dict[str, Any]) -> tuple[str, str] | None:
+        """Load a persisted launch; (message, detail) when that failed."""
+        try:
+            await self._launch(spec, lambda line: print(f"hotpod-setup: {line}", flush=True))
+        except LoadError as exc:
+            print(f"hotpod: could not load launch: {exc}\n{exc.tb}", flush=True)
+            return str(exc), exc.tb
+        except SetupError as exc:
+            print(f"hotpod: could not load launch: {exc}\n{exc.tail}", flush=True)
+            return str(exc), exc.tail
+        print(f"hotpod: resumed launch {spec.get('launch_id')}", flush=True)
+        return None
+
+    # -- launch -----------------------------------------------------------------------------
+
+    async def _handle_launch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(scope, receive, 16 << 20)
+        try:
+            spec = json.loads(body)
+            _check_spec(spec)
+        except RecursionError:
+            raise HTTPError(400, "malformed launch spec: nested too deeply") from None
+        except ValueError as exc:
+            raise HTTPError(400, f"malformed launch spec: {exc}") from None
+        stream = _header(scope, b"x-hotpod-stream-logs") == "1"
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] | None = asyncio.Queue() if stream else None
+
+        def emit(line: str) -> None:  # setup progress, from any thread
+            print(f"hotpod-setup: {line}", flush=True)
+            if queue is not None:
+                data = wire.frame(wire.FRAME_LOG, line.encode("utf-8", "replace"))
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        async def run() -> bytes:
+            t0 = time.perf_counter()
+            info: dict[str, Any] = {"pod": self.state.pod, "launch_id": spec.get("launch_id")}
+            try:
+                info.update(await self._launch(spec, emit))
+            except LoadError as exc:
+                info.update(type="LoadError", message=str(exc), phase=exc.phase, traceback=exc.tb)
+                return wire.frame(wire.FRAME_ERROR, json.dumps(info).encode())
+            except SetupError as exc:
+                info.update(
+                    type="SetupError",
+                    message=str(exc),
+                    phase="setup",
+                    step=exc.step,
+                    tail=exc.tail,
+                    traceback="",
+                )
+                return wire.frame(wire.FRAME_ERROR, json.dumps(info).encode())
+            info["seconds"] = round(time.perf_counter() - t0, 4)
+            return wire.frame(wire.FRAME_JSON, json.dumps(info).encode())
+
+        if queue is not None:
+            await self._stream(send, queue, run())
+            return
+        payload = await run()  # the plain JSON form, for simple clients
+        kind, data = wire.FrameDecoder().feed(payload)[0]
+        result = json.loads(data)
+        if kind == wire.FRAME_ERROR:
+            result["error"] = result.pop("message")
+            await _send_json(send, 500, result)
+        else:
+            await _send_json(send, 200, result)
+
+    async def _launch(self, spec: dict[str, Any], emit: Callable[[str], None]) -> dict[str, Any]:
+        """Apply the launch's setup steps and load its code; what changed, as plain data.
+
+        A failure is kept in the pod root (``launch_error_file``, reported by /health) until a
+        launch succeeds, so that ``hotpod check`` can report it.
+        """
+        st = self.state
+        try:
+            result = await self._apply_launch(spec, emit)
+        except (LoadError, SetupError) as exc:
+            st.metrics.launched("failed")
+            self._keep_error(spec, exc)
+            raise
+        if not result.get("restarting"):  # (a successor reports how its launch went)
+            st.launch_error_file.unlink(missing_ok=True)
+        st.metrics.launched(
+            "restarting"
+            if result.get("restarting")
+            else "reloaded"
+            if result.get("reloaded")
+            else "unchanged"
+        )
+        if st.loaded is not None:
+            st.metrics.set_launch(st.loaded.launch_id)
+        return result
+
+    def _keep_error(self, spec: dict[str, Any], exc: LoadError | SetupError) -> None:
+        error: dict[str, Any] = {
+            "launch_id": spec.get("launch_id"),
+            "at": time.time(),
+            "type": type(exc).__name__,
+            "message": str(exc),
+        }
+        if isinstance(exc, SetupError):
+            error.update(
+                phase="setup", step=exc.step, reason=exc.reason, tail=exc.tail, detail=exc.tail
+            )
+        else:
+            error.update(phase=exc.phase, step=None, traceback=exc.tb, detail=exc.tb)
+        self._write_error(error)
+
+    def _write_error(self, error: dict[str, Any]) -> None:
+        path = self.state.launch_error_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(error))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    async def _apply_launch(
+        self, spec: dict[str, Any], emit: Callable[[str], None]
+    ) -> dict[str, Any]:
+        st = self.state
+        world = spec.get("world_size")
+        if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
+            os.environ["HOTPOD_WORLD_SIZE"] = str(world)
+        async with st.launch_lock:
+            current = st.loaded
+            if current is not None and current.key == reload_key(spec):
+                current.spec = spec  # same code, same init: keep the instance, adopt the new id
+                self._persist(spec)
+                return {"reloaded": False, "restarting": False}
+            loop = asyncio.get_running_loop()
+            setup = Setup(st.root, st.store, st.venv, emit, st.metrics.setup_step)
+            image = spec.get("image") or {"image_id": None, "steps": []}
+            outcome = await loop.run_in_executor(None, setup.run, image, {})
+            done = {"ran": outcome.ran, "skipped": outcome.skipped, "reported": outcome.reported}
+            if outcome.restart and st.request_restart is not None:
+                self._persist(spec, st.next_launch_file)  # the successor loads this launch
+                st.request_restart()
+                return {"reloaded": True, "restarting": True, **done}
+            loaded = await loop.run_in_executor(
+                None,
+                partial(load, spec, st.store, st.code_dir, current, outcome.paths, outcome.workdir),
+            )
+            st.loaded = loaded
+            st.ready.set()
+            self._persist(spec)
+            st.launch_error_file.unlink(missing_ok=True)
+            print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
+            return {"reloaded": True, "restarting": False, **done}
+
+    def _persist(self, spec: dict[str, Any], path: Path | None = None) -> None:
+        path = path or self.state.launch_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file the runtime keeps, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"hotpod: ignoring unreadable {path}: {exc}", flush=True)
+        return None
+    return data if isinstance(data, dict) else None
