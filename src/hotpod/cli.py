@@ -518,6 +518,28 @@ def dockerfile(target: str, output: Path | None) -> None:
 
 
 @main.command()
+@click.argument("target", metavar="FILE:OBJ")
+@click.option("--name", "name", help="The service name (default: OBJ, made a DNS label).")
+def manifest(target: str, name: str | None) -> None:
+    """Print the Kubernetes manifests a deploy of a Compute would apply, as YAML.
+
+    FILE is a .py file or a module name, OBJ the name of a Compute in it.
+    """
+    from hotpod.compute import Compute
+    from hotpod.deploy import service_name
+
+    obj, label = _load_target(target)
+    if not isinstance(obj, Compute):
+        raise click.ClickException(
+            f"{label} is of type {type(obj).__name__}, not a Compute; name a kt.Compute"
+        )
+    try:
+        click.echo(obj.manifests(name or service_name(target.rpartition(":")[2])), nl=False)
+    except HotpodError as exc:
+        _fail(exc)
+
+
+@main.command()
 @click.argument("name")
 def token(name: str) -> None:
     """Print a service's token (a secret: what every pod endpoint but /health asks for)."""

@@ -12,6 +12,11 @@ Three ways to describe the pool:
 
 ``template_dict()`` is everything that defines the pod template, so a change in it means the
 pods must be replaced, while a change of ``replicas`` only scales.
+
+Two copy-on-write additions describe how the pool behaves: ``compute.autoscale(...)`` (an
+:class:`~hotpod.autoscale.Autoscale`: load-balanced calls, a Knative Service on Kubernetes) and
+``compute.distribute(kind, ...)`` (a :class:`~hotpod.distribute.Distribute`: pytorch, jax, ray
+or spmd). ``compute.manifests(name)`` shows the Kubernetes manifests a deploy would apply.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from hotpod._quantity import (
     short_repr,
     spec_error,
 )
+from hotpod.autoscale import Autoscale
+from hotpod.distribute import Distribute
 from hotpod.endpoint import Endpoint
 from hotpod.errors import SpecError
 from hotpod.image import Image
@@ -203,6 +210,8 @@ class Compute:
     launch_timeout: float
     _manifest_json: str | None
     _endpoint: Endpoint | None
+    _autoscale: Autoscale | None
+    _distribute: Distribute | None
 
     def __init__(
         self,
@@ -275,6 +284,8 @@ class Compute:
             "launch_timeout": launch_timeout,
             "_manifest_json": None,
             "_endpoint": None,
+            "_autoscale": None,
+            "_distribute": None,
         }
         if values["selector"] is not None and not values["selector"]:
             raise spec_error("selector", selector, "a non-empty dict like {'app': 'workers'}")
@@ -373,7 +384,77 @@ class Compute:
         new = Compute(**{**self._arguments(), **changes})
         object.__setattr__(new, "_manifest_json", self._manifest_json)
         object.__setattr__(new, "_endpoint", self._endpoint)
+        object.__setattr__(new, "_autoscale", self._autoscale)
+        object.__setattr__(new, "_distribute", self._distribute)
         return new
+
+    # -- how the pool behaves --------------------------------------------------------------------
+
+    @property
+    def autoscaling(self) -> Autoscale | None:
+        """The :class:`Autoscale` given by :meth:`autoscale`, else ``None``."""
+        return self._autoscale
+
+    @property
+    def distribution(self) -> Distribute | None:
+        """The :class:`Distribute` given by :meth:`distribute`, else ``None``."""
+        return self._distribute
+
+    def _check_creates_pods(self, method: str) -> None:
+        if self._manifest_json is not None or self.selector is not None:
+            raise SpecError(
+                f"{method}() applies to pools hotpod creates; this Compute uses "
+                + ("a manifest you bring" if self._manifest_json is not None else "existing pods")
+                + ": configure scaling or distribution in that workload instead"
+            )
+
+    def autoscale(self, **settings: Any) -> Compute:
+        """A copy that autoscales with its traffic: calls go to one pod each (load-balanced).
+
+        Takes the fields of :class:`~hotpod.autoscale.Autoscale` (``min_scale``, ``max_scale``,
+        ``initial_scale``, ``target``, ``target_utilization``, ``metric``, ``window``,
+        ``concurrency``, ``scale_down_delay``, ``scale_to_zero_retention``, ``autoscaler_class``,
+        ``progress_deadline``) and the upstream aliases ``min_replicas``, ``max_replicas`` and
+        ``initial_replicas``. On Kubernetes the pool becomes a Knative Service.
+        """
+        self._check_creates_pods("autoscale")
+        if self._distribute is not None:
+            raise SpecError(
+                f"autoscale(): this Compute is distributed ({self._distribute!r}); a distributed "
+                "pool keeps a fixed set of pods, so it cannot autoscale"
+            )
+        new = self.replace()
+        object.__setattr__(new, "_autoscale", Autoscale.from_kwargs(**settings))
+        return new
+
+    def distribute(
+        self,
+        kind: str,
+        workers: int | None = None,
+        num_proc: int | None = None,
+        port: int | None = None,
+    ) -> Compute:
+        """A copy whose pods cooperate as ``kind`` ("spmd", "pytorch", "jax" or "ray").
+
+        ``workers`` (the number of pods) sets ``replicas``; ``num_proc`` is the processes per
+        pod, ``port`` the rendezvous port (each framework's usual one by default).
+        """
+        self._check_creates_pods("distribute")
+        if self._autoscale is not None:
+            raise SpecError(
+                "distribute(): this Compute autoscales; a distributed pool keeps a fixed set of "
+                "pods, so build it from a Compute without autoscale()"
+            )
+        spec = Distribute(kind, workers=workers, num_proc=num_proc, port=port)
+        new = self.replace() if workers is None else self.replace(replicas=workers)
+        object.__setattr__(new, "_distribute", spec)
+        return new
+
+    def manifests(self, name: str, *, runtime_image: str | None = None) -> str:
+        """The Kubernetes manifests a deploy of service ``name`` would apply, as YAML text."""
+        from hotpod.k8s import compile_manifests, to_yaml
+
+        return to_yaml(compile_manifests(name, self, runtime_image=runtime_image))
 
     def template_dict(self) -> dict[str, Any]:
         """What defines the pod template, JSON-serialisable: a change here replaces the pods.
@@ -405,6 +486,9 @@ class Compute:
             "selector": None if self.selector is None else dict(self.selector),
             "service_account": self.service_account,
             "manifest": None if manifest is None else _strip_replicas(manifest),
+            # only when set, so that the hash of a Compute without them stays what it was
+            **({"autoscale": self._autoscale.to_dict()} if self._autoscale else {}),
+            **({"distribute": self._distribute.to_dict()} if self._distribute else {}),
         }
 
     def template_hash(self) -> str:
@@ -423,6 +507,8 @@ class Compute:
         data["image"] = None if self.image is None else self.image.to_dict()
         data["manifest"] = self.manifest
         data["endpoint"] = None if self._endpoint is None else self._endpoint.to_dict()
+        data["autoscale"] = None if self._autoscale is None else self._autoscale.to_dict()
+        data["distribute"] = None if self._distribute is None else self._distribute.to_dict()
         return data
 
     def __repr__(self) -> str:
@@ -437,6 +523,10 @@ class Compute:
             parts.append(f"manifest=<{manifest['kind']}{f' {name}' if name else ''}>")
         if self._endpoint is not None:
             parts.append(f"endpoint={self._endpoint!r}")
+        if self._autoscale is not None:
+            parts.append(f"autoscale={self._autoscale!r}")
+        if self._distribute is not None:
+            parts.append(f"distribute={self._distribute!r}")
         return f"Compute({', '.join(parts)})"
 
 

@@ -1,0 +1,76 @@
+"""``Distribute``: how the pods of a pool cooperate on one job, as a value.
+
+``compute.distribute("pytorch", workers=4)`` returns a new Compute of 4 pods carrying one. The
+kinds:
+
+- ``"spmd"``: every pod runs the same code (the default broadcast), with peers discoverable;
+- ``"pytorch"``: the pods form a ``torch.distributed`` group (``MASTER_ADDR``/``MASTER_PORT``,
+  rendezvous port 29500 unless ``port`` says otherwise);
+- ``"jax"``: the pods join ``jax.distributed`` (coordinator port 1234 by default);
+- ``"ray"``: the pods form a Ray cluster (head on GCS port 6379 by default); on Kubernetes the
+  pool compiles to a KubeRay ``RayCluster`` with a head and a worker group.
+
+``workers`` is the number of pods (the head included for Ray); ``num_proc`` the processes per
+pod (default 1). Values only: the pod runtime wires the framework up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hotpod._quantity import spec_error
+
+KINDS = ("spmd", "pytorch", "jax", "ray")
+DEFAULT_PORTS: dict[str, int | None] = {"spmd": None, "pytorch": 29500, "jax": 1234, "ray": 6379}
+
+
+@dataclass(frozen=True)
+class Distribute:
+    """A distribution ``kind`` with its pod count, processes per pod and rendezvous port."""
+
+    kind: str
+    workers: int | None = None
+    num_proc: int | None = None
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise spec_error("kind", self.kind, f"one of {', '.join(repr(k) for k in KINDS)}")
+        for name in ("workers", "num_proc"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise spec_error(name, value, "a whole number >= 1, or None")
+        if self.port is not None and (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not 1 <= self.port <= 65535
+        ):
+            raise spec_error("port", self.port, "a TCP port from 1 to 65535, or None")
+
+    @property
+    def rendezvous_port(self) -> int | None:
+        """``port``, else the framework's usual port (``None`` for ``"spmd"``)."""
+        return self.port if self.port is not None else DEFAULT_PORTS[self.kind]
+
+    @property
+    def procs_per_pod(self) -> int:
+        return self.num_proc or 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "workers": self.workers,
+            "num_proc": self.num_proc,
+            "port": self.port,
+        }
+
+    def __repr__(self) -> str:
+        parts = [repr(self.kind)]
+        parts += [f"{k}={v!r}" for k, v in self.to_dict().items() if k != "kind" and v is not None]
+        return f"Distribute({', '.join(parts)})"
+
+
+__all__ = ["DEFAULT_PORTS", "KINDS", "Distribute"]
