@@ -173,6 +173,11 @@ FN_MODULE = """
         await asyncio.sleep(0.01)
         print("async got", x)
         return {"double": x * 2}
+
+    def big(n, log=False):
+        if log:
+            print("making", n)
+        return bytearray(b"x" * n)
 """
 
 CLS_MODULE = """
@@ -875,3 +880,41 @@ def test_restart_with_unreadable_launch_file(pod: Pod, capsys: pytest.CaptureFix
 
     serve_with_lifespan(app, go)
     assert "ignoring unreadable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_a_large_pickled_result_is_sent_whole(
+    pod: Pod, log: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result holding a large buffer is written without joining it (wire.Parts): with one
+    body, or among log frames when the call printed."""
+    monkeypatch.setattr(sys, "stdout", logs.StreamRouter("stdout", sys.stdout))
+    fn_pod(pod, "big")
+    n = 3 * wire.LARGE + 5
+
+    async def go(c: httpx.AsyncClient) -> None:
+        r = await c.post(
+            "/call",
+            content=json.dumps({"args": [n], "kwargs": {"log": log}}),
+            headers={**JSON, "X-Hotpod-Accept": "pickle", "X-Hotpod-Stream-Logs": "1"},
+        )
+        assert result_of(r) == bytearray(b"x" * n)
+        kinds = [k for k, _ in frames(r.content)]
+        assert kinds == ([wire.FRAME_LOG] if log else []) + [wire.FRAME_PICKLE]
+        if not log:
+            assert int(r.headers["content-length"]) == len(r.content)
+
+    pod.run(go)
+
+
+def test_a_large_pickled_request_is_read(pod: Pod) -> None:
+    fn_pod(pod, "quiet")
+    pod.state.max_body = 8 * wire.LARGE
+    body, ct = wire.encode_request((b"ab" * wire.LARGE,), {}, "pickle")
+    assert isinstance(body, wire.Parts)
+
+    async def go(c: httpx.AsyncClient) -> None:
+        r = await c.post("/call", content=b"".join(body), headers={**AUTH, "Content-Type": ct})
+        assert result_of(r) == b"ab" * wire.LARGE * 10
+
+    pod.run(go)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from hotpod import transport
+from hotpod import transport, wire
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -90,3 +90,61 @@ def test_refused_connections_are_unreachable():
     s.close()
     with pytest.raises(transport.Unreachable):
         transport.Transport().request(f"http://127.0.0.1:{port}", "/x", b"", {}, 1)
+
+
+def read_exactly(conn: socket.socket, n: int, data: bytes = b"") -> bytes:
+    while len(data) < n:
+        chunk = conn.recv(1 << 20)
+        assert chunk
+        data += chunk
+    return data
+
+
+def test_a_large_body_is_read_whole_and_the_connection_kept():
+    """A large Content-Length body comes as one buffer (read straight into it); a request
+    body given as wire.Parts arrives as the bytes it joins to."""
+    big = bytes(range(256)) * (wire.LARGE // 128)
+    parts = wire.Parts([b"<", big, b">"])
+    accepted = []
+
+    def handler(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        for _ in range(2):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert f"Content-Length: {parts.nbytes}".encode() in head
+            body = read_exactly(conn, parts.nbytes, rest)
+            assert body == b"".join(parts)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body[:1000])  # the rest arrives later, in pieces
+            conn.sendall(body[1000:])
+        conn.close()
+
+    url, thread = serve(handler)
+    t = transport.Transport()
+    for _ in range(2):
+        resp = t.request(url, "/x", parts, {}, 5)
+        chunks = list(resp.chunks())
+        assert len(chunks) == 1 and isinstance(chunks[0], bytearray)
+        assert chunks[0] == b"".join(parts)
+        assert resp.complete
+    thread.join(5)
+    assert len(accepted) == 1  # kept alive after a body read whole
+    t.close()
+
+
+def test_a_large_body_cut_short_is_broken():
+    def handler(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nabc" % (2 * wire.LARGE))
+        conn.close()
+
+    url, thread = serve(handler)
+    resp = transport.Transport().request(url, "/x", b"{}", {}, 5)
+    with pytest.raises(transport.Broken, match="closed"):
+        list(resp.chunks())
+    thread.join(5)

@@ -318,6 +318,87 @@ def test_result_unpicklable_raises() -> None:
         wire.encode_result(threading.Lock(), "auto")
 
 
+# -- large values: pickle buffers are not copied -----------------------------------------------
+
+
+def test_a_pickle_with_large_buffers_is_parts_that_share_them() -> None:
+    data = bytearray(b"d" * (2 * wire.LARGE))
+    blob = b"b" * wire.LARGE
+    value = {"data": data, "blob": blob, "small": b"s" * 100}
+    body = wire.dump_pickle(value)
+    assert isinstance(body, wire.Parts)
+    assert body.nbytes == len(b"".join(body)) == sum(len(p) for p in body)
+    assert pickle.loads(b"".join(body)) == value
+    # the large buffers are the value's own, not copies
+    assert any(p is blob for p in body)
+    assert any(isinstance(p, (bytearray, memoryview)) and p == data for p in body)
+    assert len(body) == 5  # head, data, the bytes between them, blob, the rest
+
+
+def test_small_pickles_stay_bytes() -> None:
+    assert wire.dump_pickle([1, 2]) == pickle.dumps([1, 2], protocol=5)
+    body, ct = wire.encode_request((b"x" * 1000,), {}, "pickle")
+    assert type(body) is bytes and ct == wire.CT_PICKLE
+
+
+def test_dump_pickle_falls_back_to_cloudpickle_with_large_buffers() -> None:
+    big = b"z" * wire.LARGE
+    body = wire.dump_pickle((lambda: 3, big))
+    assert isinstance(body, wire.Parts)
+    fn, back = pickle.loads(b"".join(body))
+    assert fn() == 3 and back == big
+
+
+def test_large_request_round_trip() -> None:
+    args = (bytearray(b"a" * (3 * wire.LARGE)),)
+    body, ct = wire.encode_request(args, {"k": (1,)}, "auto")
+    assert isinstance(body, wire.Parts) and ct == wire.CT_PICKLE
+    assert wire.decode_request(b"".join(body), ct) == ([args[0]], {"k": (1,)})
+
+
+def test_large_result_is_one_frame_and_decodes_from_a_view() -> None:
+    value = [b"r" * (2 * wire.LARGE)]
+    body = wire.encode_result(value, "auto")
+    assert isinstance(body, wire.Parts)
+    data = bytearray(b"".join(body))
+    single = wire.single_frame(data)
+    assert single is not None
+    kind, view = single
+    assert kind == wire.FRAME_PICKLE and isinstance(view, memoryview)
+    assert wire.decode_result(kind, view) == value
+    assert _one_frame(bytes(data)) == (wire.FRAME_PICKLE, bytes(view))
+
+
+def test_single_frame_only_for_exactly_one_frame() -> None:
+    one = wire.frame(wire.FRAME_JSON, b"[1]")
+    assert wire.single_frame(one) == (wire.FRAME_JSON, memoryview(b"[1]"))
+    assert wire.single_frame(one + one) is None
+    assert wire.single_frame(one[:-1]) is None
+    assert wire.single_frame(b"J") is None
+    kind, view = wire.single_frame(one)  # type: ignore[misc]
+    assert wire.decode_result(kind, view) == [1]  # JSON from a view too
+
+
+def test_coalesce_joins_small_buffers_and_keeps_large_ones() -> None:
+    big = b"B" * wire.LARGE
+    out = wire.coalesce([b"a", wire.Parts([b"b", big, b"c"]), b"d"])
+    assert out == [b"ab", big, b"cd"]
+    assert out[1] is big
+    assert wire.coalesce([b"only"]) == [b"only"]
+    assert wire.coalesce([]) == []
+
+
+def test_decoder_large_frame_split_across_chunks() -> None:
+    payload = bytes(range(256)) * 1024  # 256 KiB: a frame copied once out of the buffer
+    data = wire.frame(wire.FRAME_PICKLE, payload) + wire.frame(wire.FRAME_LOG, b"x")
+    dec = wire.FrameDecoder()
+    got = []
+    for i in range(0, len(data), 10_000):
+        got += dec.feed(data[i : i + 10_000])
+    assert got == [(wire.FRAME_PICKLE, payload), (wire.FRAME_LOG, b"x")]
+    assert dec.pending == 0
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

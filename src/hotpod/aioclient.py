@@ -59,7 +59,7 @@ async def _call(
     client: PodClient,
     pod: PodInfo,
     method: str,
-    body: bytes,
+    body: wire.Body,
     ctype: str,
     opts: CallOptions,
     request_id: str | None = None,

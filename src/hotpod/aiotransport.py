@@ -27,8 +27,9 @@ from hotpod.transport import (
     ResponseHead,
     TimedOut,
     Unreachable,
-    request_head,
+    request_buffers,
 )
+from hotpod.wire import Body
 
 #: connections open at once to one pod from one event loop; calls past it wait for one
 MAX_CONNECTIONS = 256
@@ -225,7 +226,7 @@ class AsyncTransport:
         self,
         url: str,
         path: str,
-        body: bytes,
+        body: Body,
         headers: dict[str, str],
         deadline: float | None,
     ) -> AsyncResponse:
@@ -237,7 +238,8 @@ class AsyncTransport:
         resp = AsyncResponse(conn, deadline)
         sent = 0.0
         try:
-            conn.writer.write(request_head(path, conn.host, headers, len(body)) + body)
+            for buffer in request_buffers(path, conn.host, headers, body):
+                conn.writer.write(buffer)
             await conn.writer.drain()
             sent = time.monotonic()
             await resp._start()

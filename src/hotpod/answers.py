@@ -86,7 +86,7 @@ class StreamReader:
         self._pending = collections.deque(pending)
         self._pickled_exc: bytes | None = None
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         self._pending.extend(self._decoder.feed(chunk))
 
     def next(self) -> tuple[bytes, Any] | None:
@@ -116,7 +116,7 @@ class StreamReader:
 def stream_items(
     reader: StreamReader,
     resp: transport.Response,
-    chunks: Iterator[bytes],
+    chunks: Iterator[bytes | bytearray],
     deadline: float | None,
 ) -> Generator[Any, None, None]:
     """Yield a stream's items as they arrive; closing it early closes the connection."""

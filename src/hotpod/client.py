@@ -201,7 +201,7 @@ class PodClient:
         self,
         pod: PodInfo,
         method: str,
-        body: bytes,
+        body: wire.Body,
         ctype: str,
         opts: CallOptions,
         request_id: str | None = None,
@@ -318,6 +318,11 @@ class PodClient:
         outcome: tuple[bool, Any] | None = None
         chunks = resp.chunks()
         for chunk in chunks:
+            if len(chunk) >= wire.LARGE and not decoder.pending:  # a large answer read whole
+                single = wire.single_frame(chunk)
+                if single is not None and single[0] == wire.FRAME_PICKLE:
+                    outcome = (True, wire.decode_result(*single))  # no copy before unpickling
+                    continue
             frames = decoder.feed(chunk)
             for i, (kind, payload) in enumerate(frames):
                 if kind == wire.FRAME_LOG:

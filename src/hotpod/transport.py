@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from hotpod.wire import LARGE, Body, Parts, coalesce
+
 #: a pooled connection that closes unanswered this soon after a request was written was closed
 #: by the server while idle (it never read the request); sooner than any work could have begun
 IDLE_CLOSE_WINDOW = 0.1
@@ -75,6 +77,7 @@ class ResponseHead:
         self._headers_done = False
         self._complete = False
         self._keep_alive = False
+        self._length: int | None = None  # Content-Length, when the answer has one
         self.received = False
         self.status = 0
 
@@ -85,6 +88,10 @@ class ResponseHead:
     def on_headers_complete(self) -> None:
         self._headers_done = True
         self.status = self._parser.get_status_code()
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and "transfer-encoding" not in self._headers:
+            self._length = int(length)
+            self._keep_alive = self._parser.should_keep_alive()  # for a body read whole
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -109,6 +116,16 @@ def request_head(path: str, host: bytes, headers: dict[str, str], length: int) -
         head.append(f"{name}: {value}\r\n".encode("latin-1"))
     head.append(f"Content-Length: {length}\r\n\r\n".encode())
     return b"".join(head)
+
+
+def request_buffers(
+    path: str, host: bytes, headers: dict[str, str], body: Body
+) -> list[bytes | bytearray | memoryview]:
+    """What to write for a request: one buffer, or for ``Parts`` the head and small parts
+    joined and each large part on its own (never copied)."""
+    if isinstance(body, Parts):
+        return coalesce([request_head(path, host, headers, body.nbytes), body])
+    return [request_head(path, host, headers, len(body)) + body]
 
 
 class Response(ResponseHead):
@@ -145,7 +162,38 @@ class Response(ResponseHead):
         while not self._headers_done:
             self._feed()
 
-    def chunks(self) -> Iterator[bytes]:
+    def _recv_into(self, view: memoryview) -> int:
+        try:
+            n = self._conn.sock.recv_into(view)
+        except TimeoutError as exc:
+            self._conn.close()
+            raise TimedOut(str(exc) or "timed out") from None
+        except OSError as exc:
+            self._conn.close()
+            raise Broken(f"{type(exc).__name__}: {exc}") from None
+        if not n:
+            self._conn.close()
+            raise Broken("the server closed the connection")
+        return n
+
+    def _read_whole(self, size: int) -> bytearray:
+        """The rest of a large body of known size, read straight into one buffer: no 64 KiB
+        pieces through the parser, no joining them (the parser is not used again)."""
+        buf = bytearray(size)
+        got = 0
+        with memoryview(buf) as view:
+            for piece in self._body:
+                view[got : got + len(piece)] = piece
+                got += len(piece)
+            self._body = []
+            while got < size:
+                got += self._recv_into(view[got:])
+        self._complete = True
+        return buf
+
+    def chunks(self) -> Iterator[bytes | bytearray]:
+        if self._length is not None and self._length >= LARGE and not self._complete:
+            yield self._read_whole(self._length)
         while True:
             if self._body:
                 body, self._body = self._body, []
@@ -200,7 +248,7 @@ class Transport:
         self,
         url: str,
         path: str,
-        body: bytes,
+        body: Body,
         headers: dict[str, str],
         timeout: float | None,
     ) -> Response:
@@ -208,7 +256,7 @@ class Transport:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         conn = self._connection(host, port)
-        head = request_head(path, conn.host, headers, len(body))
+        buffers = request_buffers(path, conn.host, headers, body)
         idle = self._idle()
 
         def release(c: _Conn) -> None:
@@ -219,7 +267,8 @@ class Transport:
         sent = 0.0
         try:
             conn.sock.settimeout(timeout)
-            conn.sock.sendall(head + body)
+            for buffer in buffers:
+                conn.sock.sendall(buffer)
             sent = time.monotonic()
             resp._start()
         except TimeoutError as exc:

@@ -64,9 +64,66 @@ FRAME_END = b"Z"  # the stream ended normally
 _HEAD = struct.Struct(">cI")
 HEAD_SIZE = _HEAD.size
 
+#: a buffer at least this large is never copied to be joined to others: an encoded value that
+#: holds one travels as ``Parts``, and a decoded ``P`` frame this large is a view of what was read
+LARGE = 1 << 20
+
+
+class Parts(list[bytes | bytearray | memoryview]):
+    """An encoded value kept as the buffers it is made of, in order, for a large pickle: the
+    data of the large bytes, bytearrays and arrays in it are the value's own buffers, not
+    copies (pickle protocol 5 hands them over as they are). Each is a flat byte buffer, so
+    ``len()`` is its size; ``b"".join(parts)`` is the encoded bytes."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for p in self)
+
+
+Body = bytes | Parts
+
+
+class _Collector:
+    """A pickle's output as ``Parts``: small writes are joined, large buffers kept as given."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        self.parts = Parts()
+        self._small: list[bytes | bytearray | memoryview] = [head] if head else []
+        self._size = 0
+
+    def write(self, data: Any) -> int:
+        view = data.raw() if isinstance(data, pickle.PickleBuffer) else data
+        n = len(view)
+        if n >= LARGE:
+            self._flush()
+            self.parts.append(view)
+        else:
+            self._small.append(view)
+        self._size += n
+        return n
+
+    def _flush(self) -> None:
+        if self._small:
+            self.parts.append(b"".join(self._small))
+            self._small = []
+
+    def body(self) -> Body:
+        """The output: one bytes when it held no large buffer, else ``Parts``."""
+        if not self.parts:
+            return b"".join(self._small)
+        self._flush()
+        return self.parts
+
 
 def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEAD.pack(kind, len(payload)) + payload
+
+
+def frame_body(kind: bytes, payload: Body) -> Body:
+    """A frame around ``payload`` without copying the large buffers of ``Parts``."""
+    if isinstance(payload, Parts):
+        return Parts([_HEAD.pack(kind, payload.nbytes), *payload])
+    return frame(kind, payload)
 
 
 class FrameDecoder:
@@ -75,7 +132,7 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+    def feed(self, chunk: bytes | bytearray) -> list[tuple[bytes, bytes]]:
         """Buffer ``chunk``; return the frames now complete, in order."""
         self._buf += chunk
         buf = self._buf
@@ -86,7 +143,11 @@ class FrameDecoder:
             end = pos + HEAD_SIZE + size
             if len(buf) < end:
                 break
-            frames.append((kind, bytes(buf[pos + HEAD_SIZE : end])))
+            if size < 65536:
+                frames.append((kind, bytes(buf[pos + HEAD_SIZE : end])))
+            else:  # one copy, not two (a slice, then bytes of it)
+                with memoryview(buf) as view:
+                    frames.append((kind, bytes(view[pos + HEAD_SIZE : end])))
             pos = end
         if pos:
             del buf[:pos]
@@ -125,8 +186,26 @@ def dumps_pickle(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=5)
 
 
-def encode_request(args: tuple, kwargs: dict, serialization: str) -> tuple[bytes, str]:
-    """Encode call arguments; returns (body, content type)."""
+def dump_pickle(value: Any, by_value: bool = False) -> Body:
+    """Pickle ``value`` (protocol 5; cloudpickle when plain pickle fails, or with ``by_value``)
+    as bytes, or as ``Parts`` when it holds large buffers: those are not copied."""
+    if not by_value:
+        out = _Collector()
+        try:
+            pickle.Pickler(out, protocol=5).dump(value)
+            return out.body()
+        except Exception:
+            pass
+    import cloudpickle
+
+    out = _Collector()
+    cloudpickle.CloudPickler(out, protocol=5).dump(value)
+    return out.body()
+
+
+def encode_request(args: tuple, kwargs: dict, serialization: str) -> tuple[Body, str]:
+    """Encode call arguments; returns (body, content type). A pickle that holds large buffers
+    is ``Parts`` (the transports send them without joining them)."""
     if serialization != "pickle":
         payload = {"args": list(args), "kwargs": kwargs}
         if is_pure_json(payload):
@@ -137,12 +216,10 @@ def encode_request(args: tuple, kwargs: dict, serialization: str) -> tuple[bytes
                 "non-string keys or other objects); use handle.with_options(serialization='pickle')"
                 " or 'auto'"
             )
-    import cloudpickle  # by value for objects defined in __main__
-
-    return cloudpickle.dumps((args, kwargs), protocol=5), CT_PICKLE
+    return dump_pickle((args, kwargs), by_value=True), CT_PICKLE  # __main__ objects by value
 
 
-def decode_request(body: bytes, content_type: str) -> tuple[list, dict]:
+def decode_request(body: bytes | bytearray, content_type: str) -> tuple[list, dict]:
     """Decode call arguments; raises ProtocolError with a clear message when malformed."""
     ct = content_type.split(";")[0].strip().lower()
     if ct == CT_JSON:
@@ -171,8 +248,9 @@ def decode_request(body: bytes, content_type: str) -> tuple[list, dict]:
     )
 
 
-def encode_result(value: Any, accept: str) -> bytes:
-    """Encode a result as one frame, following the client's accepted serialization."""
+def encode_result(value: Any, accept: str) -> Body:
+    """Encode a result as one frame, following the client's accepted serialization: bytes, or
+    ``Parts`` for a pickle that holds large buffers."""
     if accept != "pickle" and is_pure_json(value):
         return frame(FRAME_JSON, json.dumps(value, separators=(",", ":")).encode())
     if accept == "json":
@@ -180,7 +258,7 @@ def encode_result(value: Any, accept: str) -> bytes:
             f"the result ({type(value).__name__}) cannot be sent as JSON without changing it; "
             "call with handle.with_options(serialization='pickle') or 'auto'"
         )
-    return frame(FRAME_PICKLE, dumps_pickle(value))
+    return frame_body(FRAME_PICKLE, dump_pickle(value))
 
 
 def encode_item(value: Any, accept: str) -> bytes:
@@ -203,10 +281,39 @@ def decode_item(payload: bytes) -> Any:
     return decode_result(kind, payload[1:])
 
 
-def decode_result(kind: bytes, payload: bytes) -> Any:
+def decode_result(kind: bytes, payload: bytes | memoryview) -> Any:
     if kind == FRAME_JSON:
-        return json.loads(payload)
+        return json.loads(payload if isinstance(payload, bytes) else bytes(payload))
     return pickle.loads(payload)
+
+
+def single_frame(data: bytes | bytearray) -> tuple[bytes, memoryview] | None:
+    """``(kind, payload)`` when ``data`` is exactly one frame, the payload a view of ``data``
+    (no copy: for a large answer read whole), else None."""
+    if len(data) < HEAD_SIZE:
+        return None
+    kind, size = _HEAD.unpack_from(data, 0)
+    if HEAD_SIZE + size != len(data):
+        return None
+    return kind, memoryview(data)[HEAD_SIZE:]
+
+
+def coalesce(items: list[Body]) -> list[bytes | bytearray | memoryview]:
+    """The buffers to write for ``items`` in order: small ones joined, large ones as they are."""
+    out: list[bytes | bytearray | memoryview] = []
+    small: list[bytes | bytearray | memoryview] = []
+    for item in items:
+        for part in item if isinstance(item, Parts) else (item,):
+            if len(part) >= LARGE:
+                if small:
+                    out.append(b"".join(small))
+                    small = []
+                out.append(part)
+            else:
+                small.append(part)
+    if small:
+        out.append(b"".join(small) if len(small) > 1 else small[0])
+    return out
 
 
 def _safe_str(exc: BaseException) -> str:

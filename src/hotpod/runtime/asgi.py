@@ -29,17 +29,34 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send_bytes(
-    send: Send, status: int, body: bytes, content_type: str, extra: list | None = None
+    send: Send, status: int, body: wire.Body, content_type: str, extra: list | None = None
 ) -> None:
+    """One response with Content-Length; the large buffers of ``Parts`` are written as they
+    are, each in its own body message (never joined: that would copy them)."""
+    size = body.nbytes if isinstance(body, wire.Parts) else len(body)
     headers = [
         (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-length", str(size).encode()),
         (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
     ]
     await send(
         {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
-    await send({"type": "http.response.body", "body": body})
+    if not isinstance(body, wire.Parts):
+        await send({"type": "http.response.body", "body": body})
+        return
+    await _send_pieces(send, wire.coalesce([body]), more_body=False)
+
+
+async def _send_pieces(
+    send: Send, pieces: list[bytes | bytearray | memoryview], more_body: bool
+) -> None:
+    """Body messages for ``pieces``; the last one says whether more will follow."""
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        await send(
+            {"type": "http.response.body", "body": piece, "more_body": more_body or not last}
+        )
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -27,7 +27,16 @@ from typing import Any, TypeVar
 from hotpod import loglines, wire
 from hotpod.errors import ProtocolError
 from hotpod.runtime import debug, logs
-from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_bytes
+from hotpod.runtime.asgi import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    _header,
+    _read_body,
+    _send_bytes,
+    _send_pieces,
+)
 from hotpod.runtime.state import PodState
 
 
@@ -82,7 +91,7 @@ class CallsMixin:
             )
             if queue is None:
                 out = await (_until_disconnect(receive, work) if cancellable else work)
-                if isinstance(out, bytes):
+                if isinstance(out, (bytes, wire.Parts)):
                     await _send_bytes(send, 200, out, wire.CT_FRAMES)
                     return
                 # a plain function returned a generator (the call was counted when it returned)
@@ -186,14 +195,8 @@ class CallsMixin:
                         break
                     chunk.append(nxt)
                 if connected:
-                    try:
-                        await send(
-                            {
-                                "type": "http.response.body",
-                                "body": b"".join(chunk),  # type: ignore[arg-type]
-                                "more_body": not finished,
-                            }
-                        )  # type: ignore[arg-type]
+                    try:  # (large results are written as they are, not joined: no copy)
+                        await _send_pieces(send, wire.coalesce(chunk), not finished)  # type: ignore[arg-type]
                     except Exception:  # the caller went away; the call still runs to its end
                         connected = False
                 if finished:
@@ -225,7 +228,7 @@ class CallsMixin:
         accept: str,
         log: logs.CallLog,
         queue: asyncio.Queue[object] | None,
-    ) -> bytes | _Items:
+    ) -> wire.Body | _Items:
         """Run the user's code under the call's log; returns the result or error frames.
 
         When the code is (or returns) a generator, its items go to ``queue`` as they come and
@@ -250,8 +253,8 @@ class CallsMixin:
                     log.flush()
             else:
                 result = await st.pool().run(self._run_sync, target, args, kwargs, accept, log)
-                if type(result) is bytes:
-                    return result
+                if type(result) is bytes or type(result) is wire.Parts:
+                    return result  # type: ignore[no-any-return]
             if queue is None:
                 return result  # type: ignore[no-any-return]
             return await self._stream_items(result, accept, log, queue)
@@ -260,7 +263,7 @@ class CallsMixin:
 
     def _run_sync(
         self, target: Callable[..., Any], args: list, kwargs: dict, accept: str, log: logs.CallLog
-    ) -> bytes | _Items:
+    ) -> wire.Body | _Items:
         try:
             result = target(*args, **kwargs)
             if isinstance(result, _GENERATORS):
