@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from hotpod import coderef, codesync
 from hotpod._files import tail
@@ -81,6 +82,24 @@ def pod_template(compute: Compute) -> dict[str, Any]:
 
         tpl["machine_gpus"] = machine_gpus()
     return tpl
+
+
+def distribution_spec(compute: Compute, service: ServiceInfo) -> dict[str, Any]:
+    """What the pods of a distributed pool need to (re)compute their distribution environment
+    (``hotpod.distribute.worker_env``): the kind, the rendezvous port the backend gave the pool
+    unless ``port=`` named one, and the pods' addresses in rank order, as the backend knows them.
+    """
+    dist = compute.distribution
+    assert dist is not None
+    port = dist.port
+    if port is None and dist.kind != "spmd":
+        port = service.meta.get("dist_port")
+    pods = sorted(service.pods, key=lambda p: p.rank)
+    return {
+        "kind": dist.kind,
+        "port": port,
+        "peers": [urlsplit(p.url).netloc or p.url for p in pods],
+    }
 
 
 @dataclass
@@ -154,6 +173,8 @@ def deploy(
         "world_size": compute.replicas,
         "image": image_spec,
     }
+    if compute.distribution is not None:
+        spec["distribute"] = distribution_spec(compute, service)
     client = PodClient.shared(name, service.token)
     if service.rollout != "unchanged" or any(p.status != "running" for p in service.pods):
         service = dataclasses.replace(

@@ -12,10 +12,18 @@ kinds:
 
 ``workers`` is the number of pods (the head included for Ray); ``num_proc`` the processes per
 pod (default 1). Values only: the pod runtime wires the framework up.
+
+:func:`worker_env` is what every process of a distributed pool finds in its environment: the
+torchrun names (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR``/``MASTER_PORT`` for ``"pytorch"``), JAX's (``JAX_COORDINATOR_ADDRESS``, which
+``jax.distributed.initialize`` reads, and ``JAX_PROCESS_ID``/``JAX_NUM_PROCESSES``, which it does
+not: pass them), and hotpod's own (``HOTPOD_DISTRIBUTE``, ``HOTPOD_NUM_PROC``, ``HOTPOD_PEERS``,
+``HOTPOD_DIST_PORT``), the same names the Kubernetes compiler uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,4 +81,38 @@ class Distribute:
         return f"Distribute({', '.join(parts)})"
 
 
-__all__ = ["DEFAULT_PORTS", "KINDS", "Distribute"]
+def worker_env(
+    kind: str, *, rank: int, world_size: int, peers: Sequence[str], port: int | None
+) -> dict[str, str]:
+    """The environment of the (single) process of pod ``rank`` in a pool of ``world_size`` pods.
+
+    ``peers`` are the pods' ``host:port`` in rank order (their pod servers); the first one's host
+    is the rendezvous host (``MASTER_ADDR``, the JAX coordinator). ``port`` is the rendezvous
+    port (``None`` for ``"spmd"``, which has none).
+    """
+    env = {
+        "HOTPOD_DISTRIBUTE": kind,
+        "HOTPOD_NUM_PROC": "1",
+        "HOTPOD_PEERS": ",".join(peers),
+        "WORLD_SIZE": str(world_size),
+        "RANK": str(rank),
+        "LOCAL_RANK": "0",
+        "NODE_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": "1",
+    }
+    if port is None:
+        return env
+    env["HOTPOD_DIST_PORT"] = str(port)
+    host = peers[0].rpartition(":")[0] if peers else "127.0.0.1"
+    if kind == "pytorch":
+        env.update(MASTER_ADDR=host, MASTER_PORT=str(port))
+    elif kind == "jax":
+        env.update(
+            JAX_COORDINATOR_ADDRESS=f"{host}:{port}",
+            JAX_PROCESS_ID=str(rank),
+            JAX_NUM_PROCESSES=str(world_size),
+        )
+    return env
+
+
+__all__ = ["DEFAULT_PORTS", "KINDS", "Distribute", "worker_env"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
+from hotpod.distribute import worker_env
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
 from hotpod.runtime.loader import LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
@@ -49,6 +50,17 @@ def _check_spec(spec: Any) -> None:
     env = spec.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise ValueError("'env' must be an object of names to values")
+    dist = spec.get("distribute")
+    if dist is not None and not (
+        isinstance(dist, dict)
+        and isinstance(dist.get("kind"), str)
+        and isinstance(dist.get("port"), (int, type(None)))
+        and isinstance(dist.get("peers"), list)
+        and all(isinstance(p, str) for p in dist["peers"])
+    ):
+        raise ValueError(
+            "'distribute' must be null or {'kind': str, 'port': int|null, 'peers': [str]}"
+        )
 
 
 class LaunchMixin:
@@ -217,6 +229,18 @@ class LaunchMixin:
         world = spec.get("world_size")
         if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
             os.environ["HOTPOD_WORLD_SIZE"] = str(world)
+            dist = spec.get("distribute")
+            if isinstance(dist, dict):  # and so may the peers: WORLD_SIZE, HOTPOD_PEERS...
+                rank = int(os.environ.get("HOTPOD_RANK", "0"))
+                os.environ.update(
+                    worker_env(
+                        dist["kind"],
+                        rank=rank,
+                        world_size=world,
+                        peers=dist["peers"],
+                        port=dist.get("port"),
+                    )
+                )
         async with st.launch_lock:
             current = st.loaded
             if current is not None and current.key == reload_key(spec):

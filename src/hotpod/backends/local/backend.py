@@ -21,7 +21,12 @@ from hotpod import loglines
 from hotpod._files import tail
 from hotpod.backends.base import Backend, Plan, PodShell, PodStats, ServiceInfo
 from hotpod.config import Settings
-from hotpod.errors import HotpodError, ResourceUnavailableError, ServiceNotFoundError
+from hotpod.errors import (
+    DeployError,
+    HotpodError,
+    ResourceUnavailableError,
+    ServiceNotFoundError,
+)
 from hotpod.store import LocalStore, Store
 
 CONTROLLER_START_TIMEOUT = 20.0
@@ -159,6 +164,19 @@ class LocalBackend(Backend):
 
     def check(self, plan: Plan) -> None:
         tpl = plan.template
+        dist = tpl.get("distribute")
+        if isinstance(dist, dict):
+            if dist.get("kind") == "ray":
+                raise DeployError(
+                    f"service {plan.name!r}: distribute('ray') is not supported on the local "
+                    "backend yet; use 'spmd', 'pytorch' or 'jax' locally"
+                )
+            if (dist.get("num_proc") or 1) > 1:
+                raise DeployError(
+                    f"service {plan.name!r}: distribute(num_proc={dist['num_proc']}) is not "
+                    "supported on the local backend yet: each local pod runs one process. Use "
+                    f"workers={dist['num_proc'] * plan.replicas} pods with num_proc=1 instead"
+                )
         gpus = int(tpl.get("gpus") or 0)
         if gpus:
             have = machine_gpus()

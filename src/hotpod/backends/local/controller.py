@@ -37,6 +37,7 @@ from starlette.routing import Route
 from hotpod import loglines
 from hotpod.backends.local.registry import Registry
 from hotpod.config import Settings, reload_settings
+from hotpod.distribute import worker_env
 
 MONITOR_INTERVAL = 0.2
 #: a controller with no services exits after this many seconds (HOTPOD_CONTROLLER_IDLE)
@@ -210,6 +211,7 @@ class Controller:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.dist_env(pod))
         gpus = int(tpl.get("gpus") or 0)
         if gpus:
             total = int(tpl.get("machine_gpus") or gpus)
@@ -238,6 +240,55 @@ class Controller:
         pod.started_at = time.time()
         pod.status = "running"
         self.registry.save_pod(pod.service, pod.record())
+
+    def dist_env(self, pod: Pod) -> dict[str, str]:
+        """The distribution environment of a pod of a distributed pool (else nothing).
+
+        The peers are the pods' addresses in rank order, as this controller knows them; the
+        launch spec carries the same, so pods that stay through a scale are brought up to date.
+        """
+        svc = self.services[pod.service]
+        dist = svc["template"].get("distribute")
+        if not isinstance(dist, dict):
+            return {}
+        pods = sorted(self.pods.get(pod.service, []), key=lambda p: p.rank)
+        return worker_env(
+            str(dist["kind"]),
+            rank=pod.rank,
+            world_size=int(svc["replicas"]),
+            peers=[f"127.0.0.1:{p.port}" for p in pods],
+            port=dist.get("port") or svc["meta"].get("dist_port"),
+        )
+
+    def _used_ports(self) -> set[int]:
+        """Ports taken by pods and by distributed pools' rendezvous."""
+        used = {p.port for ps in self.pods.values() for p in ps}
+        used |= {
+            int(s["meta"]["dist_port"])
+            for s in self.services.values()
+            if s["meta"].get("dist_port")
+        }
+        return used
+
+    def _free_port(self) -> int:
+        used = self._used_ports()
+        port = free_port()
+        while port in used:
+            port = free_port()
+        return port
+
+    def _set_dist_port(self, svc: dict[str, Any], kept: int | None) -> None:
+        """Give a distributed pool a rendezvous port of its own, kept across restarts.
+
+        Locally every pool shares one host, so the frameworks' fixed ports (29500, 1234) would
+        collide: a pool without ``port=`` gets a free port, allocated once and stored with the
+        service (``meta["dist_port"]``, in the registry). An explicit ``port=`` is used as is.
+        """
+        dist = svc["template"].get("distribute")
+        meta = {k: v for k, v in svc["meta"].items() if k != "dist_port"}
+        if isinstance(dist, dict) and dist.get("kind") != "spmd" and not dist.get("port"):
+            meta["dist_port"] = kept or self._free_port()
+        svc["meta"] = meta
 
     def _signal_group(self, pod: Pod, sig: int) -> None:
         if pod.pid is None:
@@ -346,7 +397,9 @@ class Controller:
                 self.pods[name] = []
                 replace = False
                 rollout = "created"
+                self._set_dist_port(svc, None)
             else:
+                kept = svc["meta"].get("dist_port")
                 replace = svc["template_hash"] != thash
                 rollout = (
                     "replaced"
@@ -362,6 +415,7 @@ class Controller:
                     labels=body.get("labels", svc["labels"]),
                     meta=body.get("meta", svc["meta"]),
                 )
+                self._set_dist_port(svc, kept)
             self.registry.save_service(svc)
             pods = self.pods[name]
             while len(pods) > replicas:
@@ -374,13 +428,12 @@ class Controller:
                     await self.stop_pod(pod)
                     self.start_pod(pod)
                     await self.wait_serving(pod, ROLL_TIMEOUT)
-            used = {p.port for ps in self.pods.values() for p in ps}
-            for rank in range(len(pods), replicas):
-                port = free_port()
-                while port in used:
-                    port = free_port()
-                pod = Pod(service=name, rank=rank, name=f"{name}-{rank}", port=port)
+            new = []
+            for rank in range(len(pods), replicas):  # every address first: the peer lists
+                pod = Pod(service=name, rank=rank, name=f"{name}-{rank}", port=self._free_port())
                 pods.append(pod)
+                new.append(pod)
+            for pod in new:
                 self.start_pod(pod)
             return {**self.describe(name), "rollout": rollout}
 

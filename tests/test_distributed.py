@@ -1,0 +1,114 @@
+"""Distributed pools on the local backend: the distribution environment on every pod, a real
+torch gloo all_reduce and a real JAX computation across 2 pods.
+
+torch and jax come from ``.ci/run`` (``pip install torch==2.13.0``, ``pip install jax jaxlib``).
+Without them the framework tests fail when ``CI`` is set, and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+import dist_code as dc
+import hotpod as kt
+
+pytestmark = pytest.mark.slow
+
+HALF = kt.Compute(cpus="0.5")
+
+
+def need(module: str, install: str) -> None:
+    if importlib.util.find_spec(module) is not None:
+        return
+    why = f"{module} is not installed here; `{install}` installs it (.ci/run does)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {why}")
+    pytest.skip(why)
+
+
+def ports(peers: str | None) -> list[int]:
+    assert peers
+    return [int(p.rpartition(":")[2]) for p in peers.split(",")]
+
+
+def test_spmd_pool_env_is_right_and_follows_a_scale(hotpod_home):
+    compute = HALF.distribute("spmd", workers=2)
+    envs = kt.fn(dc.dist_env, name="dist-spmd").to(compute)()
+    assert [e["RANK"] for e in envs] == ["0", "1"]  # one result per rank, in rank order
+    for rank, env in enumerate(envs):
+        assert env["WORLD_SIZE"] == env["HOTPOD_WORLD_SIZE"] == "2"
+        assert env["NODE_RANK"] == env["HOTPOD_RANK"] == str(rank)
+        assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["HOTPOD_NUM_PROC"]) == (
+            "0",
+            "1",
+            "1",
+        )
+        assert env["HOTPOD_DISTRIBUTE"] == "spmd"
+        assert env["HOTPOD_DIST_PORT"] is None and env["MASTER_ADDR"] is None
+        assert ports(env["HOTPOD_PEERS"]) == [int(e["HOTPOD_PORT"]) for e in envs]
+
+    scaled = kt.fn(dc.dist_env, name="dist-spmd").to(compute.replace(replicas=3))()
+    peers = [int(e["HOTPOD_PORT"]) for e in scaled]
+    assert peers[:2] == [int(e["HOTPOD_PORT"]) for e in envs]  # the pods that stayed
+    for rank, env in enumerate(scaled):  # the pods that stayed see the new pool too
+        assert (env["RANK"], env["WORLD_SIZE"]) == (str(rank), "3")
+        assert ports(env["HOTPOD_PEERS"]) == peers
+
+    back = kt.fn(dc.dist_env, name="dist-spmd").to(compute)()
+    assert [(e["RANK"], e["WORLD_SIZE"]) for e in back] == [("0", "2"), ("1", "2")]
+    assert ports(back[0]["HOTPOD_PEERS"]) == peers[:2]
+
+
+def test_pytorch_and_jax_pools_get_ports_of_their_own(hotpod_home):
+    torch_envs = kt.fn(dc.dist_env, name="dist-env-pt").to(HALF.distribute("pytorch", workers=2))()
+    jax_envs = kt.fn(dc.dist_env, name="dist-env-jax").to(HALF.distribute("jax", workers=2))()
+    pt_port = torch_envs[0]["MASTER_PORT"]
+    assert pt_port and pt_port != "29500"  # not the fixed default: pools share this host
+    for rank, env in enumerate(torch_envs):
+        assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", pt_port)
+        assert env["HOTPOD_DIST_PORT"] == pt_port and env["HOTPOD_DISTRIBUTE"] == "pytorch"
+        assert (env["RANK"], env["WORLD_SIZE"]) == (str(rank), "2")
+        assert env["JAX_COORDINATOR_ADDRESS"] is None
+    coordinator = jax_envs[0]["JAX_COORDINATOR_ADDRESS"]
+    assert coordinator and coordinator.startswith("127.0.0.1:")
+    jax_port = coordinator.rpartition(":")[2]
+    assert jax_port not in (pt_port, "1234")
+    for rank, env in enumerate(jax_envs):
+        assert env["JAX_COORDINATOR_ADDRESS"] == coordinator
+        assert (env["JAX_PROCESS_ID"], env["JAX_NUM_PROCESSES"]) == (str(rank), "2")
+        assert env["MASTER_ADDR"] is None
+    # the port is the service's: a redeploy with another template keeps it
+    again = kt.fn(dc.dist_env, name="dist-env-pt").to(
+        HALF.replace(env_vars={"X": "1"}).distribute("pytorch", workers=2)
+    )()
+    assert [e["MASTER_PORT"] for e in again] == [pt_port, pt_port]
+    explicit = kt.fn(dc.dist_env, name="dist-env-pt").to(
+        HALF.distribute("pytorch", workers=2, port=int(pt_port) + 1)
+    )()
+    assert explicit[1]["MASTER_PORT"] == str(int(pt_port) + 1)
+
+
+def test_num_proc_and_ray_are_refused_locally(hotpod_home):
+    with pytest.raises(kt.DeployError, match=r"num_proc=2\) is not supported on the local"):
+        kt.fn(dc.dist_env, name="dist-np").to(HALF.distribute("pytorch", workers=2, num_proc=2))
+    with pytest.raises(kt.DeployError, match=r"distribute\('ray'\) is not supported"):
+        kt.fn(dc.dist_env, name="dist-ray").to(HALF.distribute("ray", workers=2))
+
+
+def test_torch_gloo_all_reduce_across_two_pods(hotpod_home):
+    need("torch", "pip install torch==2.13.0")
+    remote = kt.fn(dc.torch_all_reduce).to(HALF.distribute("pytorch", workers=2))
+    expected = [{"rank": r, "world": 2, "sum": 3.0} for r in range(2)]
+    assert remote() == expected  # each rank contributed rank + 1
+    assert remote() == expected  # the process group stays formed between calls
+
+
+def test_jax_computation_sharded_across_two_processes(hotpod_home):
+    need("jax", "pip install jax jaxlib")
+    remote = kt.fn(dc.jax_global_sum).to(HALF.distribute("jax", workers=2))
+    expected = [{"rank": r, "processes": 2, "devices": 2, "sum": 3.0} for r in range(2)]
+    assert remote() == expected
+    assert remote() == expected
