@@ -433,7 +433,7 @@ def teardown(name: str | None, all_: bool) -> None:
         click.echo("No services were running.")
 
 
-def _load_target(target: str) -> tuple[Any, str]:
+def _load_target(target: str, wanted: str = "an Image or a Compute") -> tuple[Any, str]:
     """The object ``FILE:OBJ`` (or ``module:OBJ``) names, and a label for messages."""
     where, sep, attr = target.rpartition(":")
     if not sep or not where or not attr:
@@ -469,7 +469,7 @@ def _load_target(target: str) -> tuple[Any, str]:
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise click.ClickException(
-                f"{where} has no object named {attr!r}; name an Image or a Compute defined there"
+                f"{where} has no object named {attr!r}; name {wanted} defined there"
             )
         obj = getattr(obj, part)
     return obj, f"{attr!r} in {where}"
@@ -528,7 +528,7 @@ def manifest(target: str, name: str | None) -> None:
     from hotpod.compute import Compute
     from hotpod.deploy import service_name
 
-    obj, label = _load_target(target)
+    obj, label = _load_target(target, "a Compute")
     if not isinstance(obj, Compute):
         raise click.ClickException(
             f"{label} is of type {type(obj).__name__}, not a Compute; name a kt.Compute"

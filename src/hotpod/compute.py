@@ -14,7 +14,7 @@ Three ways to describe the pool:
 pods must be replaced, while a change of ``replicas`` only scales.
 
 Two copy-on-write additions describe how the pool behaves: ``compute.autoscale(...)`` (an
-:class:`~hotpod.autoscale.Autoscale`: load-balanced calls, a Knative Service on Kubernetes) and
+:class:`~hotpod.autoscale.Autoscale`: a Knative Service on Kubernetes) and
 ``compute.distribute(kind, ...)`` (a :class:`~hotpod.distribute.Distribute`: pytorch, jax, ray
 or spmd). ``compute.manifests(name)`` shows the Kubernetes manifests a deploy would apply.
 """
@@ -409,13 +409,16 @@ class Compute:
             )
 
     def autoscale(self, **settings: Any) -> Compute:
-        """A copy that autoscales with its traffic: calls go to one pod each (load-balanced).
+        """A copy that autoscales with its traffic, calls going to one pod each (load-balanced)
+        once a backend routes them: on Kubernetes a Knative Service; the local backend does not
+        autoscale yet (it keeps ``replicas`` pods, broadcasts calls, and says so at deploy).
 
         Takes the fields of :class:`~hotpod.autoscale.Autoscale` (``min_scale``, ``max_scale``,
         ``initial_scale``, ``target``, ``target_utilization``, ``metric``, ``window``,
         ``concurrency``, ``scale_down_delay``, ``scale_to_zero_retention``, ``autoscaler_class``,
-        ``progress_deadline``) and the upstream aliases ``min_replicas``, ``max_replicas`` and
-        ``initial_replicas``. On Kubernetes the pool becomes a Knative Service.
+        ``progress_deadline``) and the aliases ``min_replicas``, ``max_replicas``,
+        ``initial_replicas``, ``scale_to_zero_pod_retention_period`` and
+        ``container_concurrency``.
         """
         self._check_creates_pods("autoscale")
         if self._distribute is not None:

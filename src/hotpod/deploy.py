@@ -28,7 +28,7 @@ from hotpod.progress import Progress
 
 log = logging.getLogger("hotpod")
 
-_LABEL_MAX = 56
+_LABEL_MAX = 54  # room for "-<rank>" pod names and the "-headless" Service on Kubernetes
 #: settings taken from the deploying client's environment: the pod runtime's, and pip's own
 #: (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``...), so pip steps install from where this machine does
 _PASS_THROUGH = ("HOTPOD_MAX_BODY_BYTES", "HOTPOD_THREADS")
@@ -130,6 +130,13 @@ def deploy(
             f"Compute(selector={dict(compute.selector or {})!r}) points at an existing pool of "
             "pods, which the local backend cannot adopt yet; drop selector= to let hotpod start "
             "the pool (e.g. kt.Compute(cpus='1', replicas=2))"
+        )
+    if compute.autoscaling is not None:
+        log.warning(
+            "hotpod: the local backend does not autoscale yet: %r keeps %d pod(s) and calls go "
+            "to every pod; compute.manifests(name) shows the Knative Service a cluster would run",
+            name,
+            compute.replicas,
         )
     if compute.manifest is not None:
         log.warning(

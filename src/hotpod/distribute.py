@@ -81,6 +81,27 @@ class Distribute:
         return f"Distribute({', '.join(parts)})"
 
 
+#: every variable :func:`worker_env` may set, for any kind (a change of kind drops the others)
+DISTRIBUTION_ENV = frozenset(
+    {
+        "HOTPOD_DISTRIBUTE",
+        "HOTPOD_NUM_PROC",
+        "HOTPOD_PEERS",
+        "HOTPOD_DIST_PORT",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_PROCESS_ID",
+        "JAX_NUM_PROCESSES",
+    }
+)
+
+
 def worker_env(
     kind: str, *, rank: int, world_size: int, peers: Sequence[str], port: int | None
 ) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
-from hotpod.distribute import worker_env
+from hotpod.distribute import DISTRIBUTION_ENV, worker_env
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
 from hotpod.runtime.loader import LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
@@ -232,15 +232,16 @@ class LaunchMixin:
             dist = spec.get("distribute")
             if isinstance(dist, dict):  # and so may the peers: WORLD_SIZE, HOTPOD_PEERS...
                 rank = int(os.environ.get("HOTPOD_RANK", "0"))
-                os.environ.update(
-                    worker_env(
-                        dist["kind"],
-                        rank=rank,
-                        world_size=world,
-                        peers=dist["peers"],
-                        port=dist.get("port"),
-                    )
+                env = worker_env(
+                    dist["kind"],
+                    rank=rank,
+                    world_size=world,
+                    peers=dist["peers"],
+                    port=dist.get("port"),
                 )
+                for name in DISTRIBUTION_ENV - env.keys():  # another kind's, from before
+                    os.environ.pop(name, None)
+                os.environ.update(env)
         async with st.launch_lock:
             current = st.loaded
             if current is not None and current.key == reload_key(spec):
