@@ -112,3 +112,13 @@ def test_jax_computation_sharded_across_two_processes(hotpod_home):
     expected = [{"rank": r, "processes": 2, "devices": 2, "sum": 3.0} for r in range(2)]
     assert remote() == expected
     assert remote() == expected
+
+
+def test_a_new_kind_leaves_no_variable_of_the_old_one(hotpod_home):
+    envs = kt.fn(dc.dist_env, name="dist-switch").to(HALF.distribute("pytorch", workers=2))()
+    assert envs[0]["MASTER_ADDR"] == "127.0.0.1"
+    envs = kt.fn(dc.dist_env, name="dist-switch").to(HALF.distribute("spmd", workers=2))()
+    for env in envs:
+        assert env["HOTPOD_DISTRIBUTE"] == "spmd"
+        assert env["MASTER_ADDR"] is None and env["MASTER_PORT"] is None
+        assert env["HOTPOD_DIST_PORT"] is None
