@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    "App": "hotpod.module",
     "BroadcastError": "hotpod.errors",
     "CallError": "hotpod.errors",
     "CallOptions": "hotpod.client",
@@ -28,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "HotpodError": "hotpod.errors",
     "Image": "hotpod.image",
     "PodUnreachableError": "hotpod.errors",
+    "RemoteApp": "hotpod.module",
     "RemoteCls": "hotpod.module",
     "RemoteError": "hotpod.errors",
     "RemoteFn": "hotpod.module",
@@ -36,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "ServiceNotFoundError": "hotpod.errors",
     "SpecError": "hotpod.errors",
     "Volume": "hotpod.volume",
+    "app": "hotpod.module",
     "cls": "hotpod.module",
     "fn": "hotpod.module",
     "list_services": "hotpod.services",
@@ -44,6 +47,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "App",
     "BroadcastError",
     "CallError",
     "CallOptions",
@@ -56,6 +60,7 @@ __all__ = [
     "HotpodError",
     "Image",
     "PodUnreachableError",
+    "RemoteApp",
     "RemoteCls",
     "RemoteError",
     "RemoteFn",
@@ -65,6 +70,7 @@ __all__ = [
     "SpecError",
     "Volume",
     "__version__",
+    "app",
     "cls",
     "fn",
     "list_services",
@@ -103,7 +109,7 @@ if TYPE_CHECKING:
         SpecError,
     )
     from hotpod.image import Image
-    from hotpod.module import Cls, Fn, RemoteCls, RemoteFn, cls, fn
+    from hotpod.module import App, Cls, Fn, RemoteApp, RemoteCls, RemoteFn, app, cls, fn
     from hotpod.secret import Secret
     from hotpod.services import list_services, lookup, teardown
     from hotpod.volume import Volume

@@ -120,8 +120,14 @@ def deploy(
     compute: Compute,
     init_args: tuple[tuple, dict] | None = None,
     backend: Backend | None = None,
+    ref: coderef.CodeRef | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Deployment:
-    """Deploy ``obj`` (a function or class) as service ``name`` on ``compute``."""
+    """Deploy ``obj`` (a function or class) as service ``name`` on ``compute``.
+
+    An app (kind ``"app"``) has no object: ``ref`` says which project to sync and ``extra``
+    adds its fields (``app``, ``timeout``) to the launch spec.
+    """
     t0 = time.perf_counter()
     if not isinstance(compute, Compute):
         raise SpecError(f"compute={compute!r}: expected a hotpod.Compute")
@@ -145,7 +151,7 @@ def deploy(
             compute.replicas,
         )
     backend = backend or get_backend()
-    ref = coderef.resolve(obj)
+    ref = ref or coderef.resolve(obj)
     store = backend.store()
     synced = codesync.sync(ref.root, store) if ref.root is not None else None
     manifest = synced.manifest_id if synced is not None else None
@@ -165,7 +171,7 @@ def deploy(
         meta={
             "kind": kind,
             "qualname": ref.qualname,
-            "module": ref.module or ref.script or "<by value>",
+            "module": ref.module or ref.script or ("<app>" if kind == "app" else "<by value>"),
         },
     )
     backend.check(plan)
@@ -180,6 +186,7 @@ def deploy(
         "world_size": compute.replicas,
         "image": image_spec,
     }
+    spec.update(extra or {})
     if compute.distribution is not None:
         spec["distribute"] = distribution_spec(compute, service)
     client = PodClient.shared(name, service.token)

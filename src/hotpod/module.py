@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
+import re
+import shlex
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from hotpod import coderef
 from hotpod.backends import ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
+from hotpod.codesync import find_project_root
 from hotpod.compute import Compute
 from hotpod.config import settings
 from hotpod.deploy import Deployment, check_name, deploy, service_name
@@ -354,3 +361,183 @@ def fn(func: Callable[P, R], name: str | None = None) -> Fn[P, R]:
 def cls(klass: type[T], name: str | None = None) -> Cls[T]:
     """Wrap a class for deployment: ``kt.cls(Model).to(compute, init_args={...})``."""
     return Cls(klass, name=name)
+
+
+_PYTHON_WORDS = re.compile(r"python(\d+(\.\d+)?)?$")
+
+
+def app_name(command: str | Sequence[str]) -> str:
+    """A service name from a command: its first word that is not an interpreter or an option,
+    made a DNS label (``python -m uvicorn main:app`` -> ``uvicorn``, ``python train.py`` ->
+    ``train``)."""
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    for word in words:
+        base = os.path.basename(word)
+        if not base or base.startswith("-") or _PYTHON_WORDS.match(base) or "=" in base:
+            continue
+        return service_name(os.path.splitext(base)[0] if base.endswith(".py") else base)
+    return "app"
+
+
+def _app_code(caller: str | None) -> coderef.CodeRef:
+    """What an app's pods get: the project around the file that called ``kt.app`` (the command
+    runs in that file's directory in the pods' copy), else the one around the working directory
+    (the command runs in the same relative directory)."""
+    file = Path(caller).absolute() if caller and not caller.startswith("<") else None
+    if file is not None and file.is_file():
+        root: Path | None = find_project_root(file)
+        here = file.parent
+    else:
+        root = coderef._cwd_project()
+        here = Path.cwd()
+    rel = ""
+    if root is not None:
+        try:
+            rel = here.relative_to(root).as_posix()
+        except ValueError:
+            rel = ""
+    return coderef.CodeRef(root, ("" if rel == "." else rel,), None, None, "", None)
+
+
+class RemoteApp(_Remote):
+    """A deployed app: its process runs on every pod; its port is reached through the pods'
+    servers, at ``url`` (pod 0) or ``urls`` (one per pod), with the service token.
+
+    ``app.get("/hello")``, ``app.post("/items", json={...})`` and ``app.request(method, path,
+    **httpx_kwargs)`` send a request to pod 0's app (``pod=N`` for another) with the token and
+    return the ``httpx.Response``. Another client needs the ``headers``.
+    """
+
+    _http: Any = None  # one httpx.Client for every app handle of the process (warm connections)
+    _http_lock = threading.Lock()
+
+    def __init__(self, service: ServiceInfo, client: PodClient) -> None:
+        super().__init__(service, client, CallOptions())
+
+    @property
+    def urls(self) -> list[str]:
+        """Each pod's base URL of the app, in rank order."""
+        return [f"{p.url}/app" for p in sorted(self._service.pods, key=lambda p: p.rank)]
+
+    @property
+    def url(self) -> str:
+        """Pod 0's base URL of the app: ``f"{app.url}/hello"`` is the app's ``/hello``."""
+        return self.urls[0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to ``url`` needs: the service token."""
+        return {"Authorization": f"Bearer {self._service.token}"}
+
+    def request(self, method: str, path: str = "/", *, pod: int = 0, **kwargs: Any) -> Any:
+        """Send ``method path`` to the app of pod ``pod`` (its rank); returns the
+        ``httpx.Response``. ``kwargs`` are httpx's (``json=``, ``params=``, ``timeout=``...)."""
+        import httpx
+
+        urls = self.urls
+        if not 0 <= pod < len(urls):
+            raise SpecError(f"pod={pod!r}: expected a rank from 0 to {len(urls) - 1}")
+        with RemoteApp._http_lock:
+            if RemoteApp._http is None:
+                RemoteApp._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
+        return self._http.request(
+            method, urls[pod] + "/" + path.lstrip("/"), headers=headers, **kwargs
+        )
+
+    def get(self, path: str = "/", **kwargs: Any) -> Any:
+        """``GET path`` on the app (see :meth:`request`)."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str = "/", **kwargs: Any) -> Any:
+        """``POST path`` on the app (see :meth:`request`)."""
+        return self.request("POST", path, **kwargs)
+
+    def teardown(self) -> bool:
+        """Stop the app and delete the service and its pods. False if it was already gone."""
+        return super().teardown()
+
+
+class _LocalApp:
+    """What ``kt.app(...).to(...)`` gives on a pod: nothing to call, nothing to tear down."""
+
+    url = ""
+    urls: list[str] = []
+
+    def teardown(self) -> bool:
+        return False
+
+
+class App:
+    """A process to deploy: ``kt.app("python -m uvicorn main:app --port $PORT").to(compute)``."""
+
+    def __init__(
+        self,
+        command: str | Sequence[str],
+        port: int | None = None,
+        name: str | None = None,
+        health: str | None = None,
+        _caller: str | None = None,
+    ) -> None:
+        if isinstance(command, str):
+            if not command.strip():
+                raise SpecError("command='': expected a command line or a list of arguments")
+            self.command: str | list[str] = command
+        elif isinstance(command, Sequence) and command and all(isinstance(a, str) for a in command):
+            self.command = list(command)
+        else:
+            raise SpecError(
+                f"command={command!r}: expected a command line (run by /bin/sh) or a non-empty "
+                "list of arguments"
+            )
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+        ):
+            raise SpecError(f"port={port!r}: expected a port number from 1 to 65535, or None")
+        if health is not None and (not isinstance(health, str) or not health.startswith("/")):
+            raise SpecError(f"health={health!r}: expected a path like '/health', or None")
+        self.port = port
+        self.health = health
+        self.name = check_name(name) if name is not None else app_name(self.command)
+        self._caller = _caller if _caller is not None else sys._getframe(1).f_code.co_filename
+
+    @_Twin
+    def to(self, compute: Compute) -> RemoteApp:
+        """Deploy to ``compute``: sync the code, apply the image, start the command on every pod
+        and wait until it answers; a later ``.to()`` with any change restarts it. Returns a
+        handle; ``await app.to.aio(compute)`` is the async twin. On a pod this returns a stand-in.
+        """
+        if settings().in_pod:
+            return _LocalApp()  # type: ignore[return-value]
+        if self.port is not None and isinstance(compute, Compute) and compute.replicas > 1:
+            raise SpecError(
+                f"port={self.port} with replicas={compute.replicas}: the local backend's pods "
+                "share this machine's network, so they cannot all listen on one port; leave "
+                "port=None and have the command listen on $HOTPOD_APP_PORT (or $PORT)"
+            )
+        extra = {
+            "app": {"command": self.command, "port": self.port, "health": self.health},
+            "timeout": compute.launch_timeout if isinstance(compute, Compute) else None,
+        }
+        dep = deploy(None, "app", self.name, compute, ref=_app_code(self._caller), extra=extra)
+        _report(dep)
+        return RemoteApp(dep.service, dep.client)
+
+
+def app(
+    command: str | Sequence[str],
+    port: int | None = None,
+    name: str | None = None,
+    health: str | None = None,
+) -> App:
+    """Wrap a process for deployment: ``kt.app("python -m uvicorn main:app --port $PORT")``.
+
+    The command runs on every pod (a string under ``/bin/sh -c``, a list as it is, ``python``
+    being the pods' interpreter) in the directory of the calling file in the pods' copy of the
+    project. It must listen on ``$HOTPOD_APP_PORT`` (also ``$PORT``): ``port`` when given
+    (a single pod only, on the local backend), else a port the pod picks. ``health``: a path
+    that must answer 2xx before the deploy succeeds (else a TCP connect suffices).
+    """
+    return App(
+        command, port=port, name=name, health=health, _caller=sys._getframe(1).f_code.co_filename
+    )

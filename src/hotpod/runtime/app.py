@@ -9,6 +9,8 @@ Endpoints::
     GET  /_hotpod/info      what the pod serves
     GET  /_hotpod/debug     debugger sessions waiting for a client (``hotpod debug``)
     GET  /metrics           Prometheus metrics (see ``metrics``); the token is required
+    ANY  /app/{path}        proxied to the service's app (``kt.app``, see ``apps``); the token
+                            is required, the protocol header is not
 
 Nothing a client sends can crash the server: every bad request gets a 4xx with a message. The
 launch path is in ``launches``, the call path in ``calls``; ``PodApp`` composes them with
@@ -26,6 +28,7 @@ from typing import Any
 
 from hotpod import wire
 from hotpod.runtime import debug, logs
+from hotpod.runtime.apps import AppRunner
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _send_bytes, _send_json
 from hotpod.runtime.calls import CallsMixin
 from hotpod.runtime.launches import LaunchMixin, _read_json
@@ -41,6 +44,7 @@ class PodApp(LaunchMixin, CallsMixin):
 
     def __init__(self, state: PodState, on_ready: Callable[[bool], None] | None = None) -> None:
         self.state = state
+        self.apps = AppRunner(state.root, state.pod, state.rank, state.pod_log)
         self._resuming: asyncio.Task[bool] | None = None  # resuming the persisted launch
         self._on_ready = on_ready  # told once the persisted launch is loaded (or failed)
 
@@ -69,6 +73,7 @@ class PodApp(LaunchMixin, CallsMixin):
             elif message["type"] == "lifespan.shutdown":
                 if self.state.call_threads is not None:
                     self.state.call_threads.shutdown()
+                await self.apps.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -99,6 +104,12 @@ class PodApp(LaunchMixin, CallsMixin):
             if method not in ("GET", "HEAD"):
                 raise HTTPError(405, "use GET /metrics")
             await _send_bytes(send, 200, self.state.metrics.render(), METRICS_CONTENT_TYPE)
+            return
+        if path == "/app" or path.startswith("/app/"):  # any method: the app's own API
+            self._check_auth(scope)
+            if self.state.loaded is None and self._resuming is not None:
+                await asyncio.wait([self._resuming])  # a restarted worker: wait for its app
+            await self.apps.proxy(scope, receive, send, self.state.max_body)
             return
         is_call = path == "/call" or path.startswith("/call/")
         if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info", "/_hotpod/debug"):

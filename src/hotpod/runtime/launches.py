@@ -9,8 +9,10 @@ why the last launch failed is kept there too, for /health to report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -19,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
 from hotpod.distribute import DISTRIBUTION_ENV, worker_env
+from hotpod.runtime.apps import AppError, AppRunner, check_app_spec
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
-from hotpod.runtime.loader import LoadError, load, reload_key
+from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
 from hotpod.runtime.state import PodState
 
@@ -29,15 +32,23 @@ def _check_spec(spec: Any) -> None:
     """Check a launch spec's shape (see ``loader``); raises ValueError naming what is wrong."""
     if not isinstance(spec, dict) or not isinstance(spec.get("code"), dict):
         raise ValueError("expected a JSON object with a 'code' object")
-    if spec.get("kind", "fn") not in ("fn", "cls"):
-        raise ValueError(f"'kind' is {spec.get('kind')!r}: expected 'fn' or 'cls'")
+    kind = spec.get("kind", "fn")
+    if kind not in ("fn", "cls", "app"):
+        raise ValueError(f"'kind' is {kind!r}: expected 'fn', 'cls' or 'app'")
     code = spec["code"]
     for key in ("manifest", "module", "script", "qualname", "by_value"):
         if not isinstance(code.get(key), (str, type(None))):
             raise ValueError(f"'code.{key}' must be a string or null")
-    if not (code.get("by_value") or code.get("script") or code.get("module")):
+    if kind == "app":
+        check_app_spec(spec.get("app"))
+        timeout = spec.get("timeout")
+        if timeout is not None and not (
+            isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+        ):
+            raise ValueError(f"'timeout' is {timeout!r}: expected a positive number of seconds")
+    elif not (code.get("by_value") or code.get("script") or code.get("module")):
         raise ValueError("'code' names no 'module', 'script' or 'by_value' to load")
-    if not code.get("by_value") and not code.get("qualname"):
+    if kind != "app" and not code.get("by_value") and not code.get("qualname"):
         raise ValueError("'code.qualname' is missing: which function or class to serve")
     paths = code.get("paths", [""])
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
@@ -67,6 +78,7 @@ class LaunchMixin:
     """The launch path of ``PodApp``: loading launches, persisting and resuming them."""
 
     state: PodState
+    apps: AppRunner
 
     if TYPE_CHECKING:  # (from ``CallsMixin``)
 
@@ -244,7 +256,10 @@ class LaunchMixin:
                 os.environ.update(env)
         async with st.launch_lock:
             current = st.loaded
-            if current is not None and current.key == reload_key(spec):
+            dead_app = (  # an app that exited since: the same launch starts it again
+                current is not None and current.kind == "app" and current.obj.returncode is not None
+            )
+            if current is not None and current.key == reload_key(spec) and not dead_app:
                 current.spec = spec  # same code, same init: keep the instance, adopt the new id
                 self._persist(spec)
                 return {"reloaded": False, "restarting": False}
@@ -253,6 +268,8 @@ class LaunchMixin:
             image = spec.get("image") or {"image_id": None, "steps": []}
             outcome = await loop.run_in_executor(None, setup.run, image, {})
             done = {"ran": outcome.ran, "skipped": outcome.skipped, "reported": outcome.reported}
+            if spec.get("kind") == "app":  # (a new process: no worker restart needed)
+                return {**await self._launch_app(spec, current, outcome.workdir), **done}
             if outcome.restart and st.request_restart is not None:
                 self._persist(spec, st.next_launch_file)  # the successor loads this launch
                 st.request_restart()
@@ -262,11 +279,51 @@ class LaunchMixin:
                 partial(load, spec, st.store, st.code_dir, current, outcome.paths, outcome.workdir),
             )
             st.loaded = loaded
+            await self.apps.stop()  # (the service was an app before)
             st.ready.set()
             self._persist(spec)
             st.launch_error_file.unlink(missing_ok=True)
             print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
             return {"reloaded": True, "restarting": False, **done}
+
+    async def _launch_app(
+        self, spec: dict[str, Any], current: Loaded | None, workdir: Path | None
+    ) -> dict[str, Any]:
+        """Bring the code tree up to date and (re)start the launch's app (see ``apps``)."""
+        st = self.state
+        loop = asyncio.get_running_loop()
+        code = spec.get("code") or {}
+        manifest = code.get("manifest")
+        previous = (current.spec.get("code") or {}).get("manifest") if current else None
+        snapshot: Path | None = None
+        if manifest:
+            snapshot = st.code_dir / "current"
+            try:
+                await loop.run_in_executor(None, st.store.update_tree, manifest, snapshot)
+            except Exception as exc:
+                raise LoadError("sync", f"could not unpack the code: {exc}") from None
+        paths = code.get("paths") or [""]
+        cwd = workdir or (snapshot / paths[0] if snapshot is not None else st.root)
+        env = {**os.environ, **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
+        python = sys.executable
+        if st.venv is not None and (st.venv / "bin" / "python").exists():
+            python = str(st.venv / "bin" / "python")
+        try:
+            app = await self.apps.replace(
+                spec["app"], cwd, env, python, float(spec.get("timeout") or 300)
+            )
+        except AppError as exc:
+            if snapshot is not None and previous and previous != manifest:
+                with contextlib.suppress(Exception):  # the running app's files come back
+                    await loop.run_in_executor(None, st.store.update_tree, previous, snapshot)
+            tail = exc.tail or "(no output)"
+            raise LoadError("app", f"{exc}; its output ends with:\n{tail}") from None
+        st.loaded = Loaded(spec=spec, obj=app, snapshot=snapshot)
+        st.ready.set()
+        self._persist(spec)
+        st.launch_error_file.unlink(missing_ok=True)
+        print(f"hotpod: serving launch {spec.get('launch_id')} (app pid {app.pid})", flush=True)
+        return {"reloaded": True, "restarting": False, "app_pid": app.pid, "app_port": app.port}
 
     def _persist(self, spec: dict[str, Any], path: Path | None = None) -> None:
         path = path or self.state.launch_file

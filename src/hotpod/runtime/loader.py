@@ -29,7 +29,7 @@ from typing import Any
 
 from hotpod.store import Store, TreeUpdate
 
-_RELOAD_FIELDS = ("kind", "code", "init", "env", "image")
+_RELOAD_FIELDS = ("kind", "code", "init", "env", "image", "app")
 
 
 def reload_key(spec: dict[str, Any]) -> str:
@@ -60,6 +60,10 @@ class Loaded:
 
     def resolve(self, method: str) -> tuple[Callable[..., Any] | None, Any]:
         """The callable for a call path, or ``(None, value)`` for a plain attribute."""
+        if self.kind == "app":
+            raise LookupError(
+                f"service {self.spec.get('service')!r} is an app: send its requests to /app/PATH"
+            )
         if self.kind == "fn":
             if method:
                 raise LookupError(
