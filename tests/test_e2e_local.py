@@ -102,6 +102,7 @@ def test_kill_9_during_a_call_fails_fast_and_the_pod_comes_back(hotpod_home):
         remote(30)
     assert time.monotonic() - t0 < 5
     assert exc.value.pod == "victim-0"
+    assert isinstance(exc.value, kt.PodTerminatedError)  # it went away mid-call
     assert remote(0.01) == 0.01  # restarted by the controller, launch resumed
     pods = describe("victim")["pods"]
     assert pods[0]["restarts"] == 1 and pods[0]["pid"] != pid

@@ -29,6 +29,7 @@ from hotpod.errors import (
     CallError,
     CallTimeoutError,
     DeployError,
+    PodTerminatedError,
     PodUnreachableError,
     ProtocolError,
 )
@@ -297,9 +298,9 @@ class PodClient:
             "remote work may still be running. Raise it with .with_options(timeout=...)."
         )
 
-    def _broken(self, what: str, pod: PodInfo, exc: Exception) -> PodUnreachableError:
+    def _broken(self, what: str, pod: PodInfo, exc: Exception) -> PodTerminatedError:
         self._suspect.add(pod.name)
-        return PodUnreachableError(
+        return PodTerminatedError(
             f"{what} failed: the connection to the pod broke mid-call ({exc}); its process "
             f"probably died. See 'hotpod logs {self.service} --pod {pod.name}'.",
             pod=pod.name,

@@ -53,6 +53,13 @@ class PodUnreachableError(CallError, ConnectionError):
         self.pod = pod
 
 
+class PodTerminatedError(PodUnreachableError):
+    """A pod went away during a call: its process died or was stopped mid-call.
+
+    The call's work on that pod is lost; the request is not sent again. ``pod`` names the pod.
+    """
+
+
 class ProtocolError(CallError):
     """The client and the pod do not speak the same protocol, or a response was malformed."""
 
@@ -118,6 +125,7 @@ __all__ = [
     "ConfigError",
     "DeployError",
     "HotpodError",
+    "PodTerminatedError",
     "PodUnreachableError",
     "ProtocolError",
     "RemoteError",
