@@ -137,6 +137,8 @@ def test_app_answers_logs_redeploys_and_tears_down(hotpod_home, tmp_path, monkey
     handle = hp_app_driver.deploy()
     assert isinstance(handle, kt.RemoteApp)
     assert handle.get("/hello").text == "hello v1"
+    found = kt.lookup(handle.name)  # a handle to the running app, from its name
+    assert isinstance(found, kt.RemoteApp) and found.get("/hello").text == "hello v1"
     echoed = handle.post("/echo", json={"x": [1, 2]}, params={"q": "a b"}).json()
     assert echoed["body"] == {"x": [1, 2]} and echoed["query"] == {"q": "a b"}
     assert echoed["has_auth"] is False  # the service token stops at the pod's server

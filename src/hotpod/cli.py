@@ -375,7 +375,7 @@ def call(
     timeout: float | None,
 ) -> None:
     """Call a service (METHOD for a class) and print the result as JSON."""
-    from hotpod.module import RemoteCls
+    from hotpod.module import RemoteApp, RemoteCls
     from hotpod.services import lookup
 
     args = _json_arg(args_json, "--args", list)
@@ -384,6 +384,11 @@ def call(
         handle = lookup(name)
     except HotpodError as exc:
         _fail(exc)
+    if isinstance(handle, RemoteApp):
+        raise click.UsageError(
+            f"{name!r} is an app: send it HTTP requests (its handle's .get/.post, or its URL "
+            f"with the token from 'hotpod token {name}')"
+        )
     if timeout is not None:
         handle = handle.with_options(timeout=timeout)
     if isinstance(handle, RemoteCls):

@@ -16,15 +16,18 @@ from hotpod.backends import PodInfo, PodShell, PodStats, ServiceInfo, get_backen
 from hotpod.client import CallOptions, PodClient
 from hotpod.config import settings
 from hotpod.loglines import LogFilter, LogLine
-from hotpod.module import RemoteCls, RemoteFn
+from hotpod.module import RemoteApp, RemoteCls, RemoteFn
 
 
-def lookup(name: str) -> RemoteFn[..., Any] | RemoteCls[Any]:
+def lookup(name: str) -> RemoteFn[..., Any] | RemoteCls[Any] | RemoteApp:
     """A handle to the running service ``name`` (raises ServiceNotFoundError)."""
     info = get_backend().get(name)
     client = PodClient.shared(info.name, info.token)
-    if info.meta.get("kind") == "cls":
+    kind = info.meta.get("kind")
+    if kind == "cls":
         return RemoteCls(info, client, CallOptions())
+    if kind == "app":
+        return RemoteApp(info, client)
     return RemoteFn(info, client, CallOptions())
 
 
