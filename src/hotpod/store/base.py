@@ -302,20 +302,7 @@ class Store(ABC):
             todo = sorted({p for changed, _ in diffs for p in changed})
             gone = sorted({p for _, removed in diffs for p in removed})
         resuming = bool(pending) or unknown
-        if resuming:
-            _drop_temps(dest, [*todo, *gone])
-        made: set[str] = set()
-        for path in todo:
-            entry = new[path]
-            if resuming and _holds(dest / path, entry):
-                continue
-            self._place(dest, path, entry, made)
-        for path in gone:
-            _remove(dest, path)
-        _prune(dest, gone)
-        _atomic_write(dest / MARKER, manifest_id.encode(), mode=0o644)
-        _unlink(str(dest / PENDING))
-        return TreeUpdate(manifest_id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
+        return self._write(dest, new, manifest_id, current, todo, gone, resuming, t0)
 
     def _apply_delta(
         self,
@@ -330,6 +317,20 @@ class Store(ABC):
         ``current`` changed by ``delta``: write its entries, remove its removed paths."""
         todo = sorted(delta.changed)
         gone = list(delta.removed)
+        return self._write(dest, new, new.id, current, todo, gone, resuming, t0)
+
+    def _write(
+        self,
+        dest: Path,
+        new: Manifest,
+        manifest_id: str,
+        current: str | None,
+        todo: list[str],
+        gone: list[str],
+        resuming: bool,
+        t0: float,
+    ) -> TreeUpdate:
+        """Bring ``todo`` to ``new``'s content, remove ``gone``, then write the marker (last)."""
         if resuming:
             _drop_temps(dest, [*todo, *gone])
         made: set[str] = set()
@@ -341,9 +342,9 @@ class Store(ABC):
         for path in gone:
             _remove(dest, path)
         _prune(dest, gone)
-        _atomic_write(dest / MARKER, new.id.encode(), mode=0o644)
+        _atomic_write(dest / MARKER, manifest_id.encode(), mode=0o644)
         _unlink(str(dest / PENDING))
-        return TreeUpdate(new.id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
+        return TreeUpdate(manifest_id, current, tuple(todo), tuple(gone), time.perf_counter() - t0)
 
     def _delta_from(self, old: Manifest, new: Manifest) -> ManifestDelta | None:
         """What turns ``old`` into ``new`` without comparing them whole: how ``new`` was derived
