@@ -8,25 +8,10 @@ from __future__ import annotations
 
 import os
 
-DIST_ENV = (
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "NODE_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "JAX_COORDINATOR_ADDRESS",
-    "JAX_PROCESS_ID",
-    "JAX_NUM_PROCESSES",
-    "HOTPOD_DISTRIBUTE",
-    "HOTPOD_NUM_PROC",
-    "HOTPOD_PEERS",
-    "HOTPOD_DIST_PORT",
-    "HOTPOD_RANK",
-    "HOTPOD_WORLD_SIZE",
-    "HOTPOD_PORT",
-)
+from hotpod.distribute import DISTRIBUTION_ENV
+
+#: what the tests look at: every variable a distribution may set, and the pod's own
+DIST_ENV = (*sorted(DISTRIBUTION_ENV), "HOTPOD_RANK", "HOTPOD_WORLD_SIZE", "HOTPOD_PORT")
 
 
 def dist_env() -> dict[str, str | None]:
