@@ -20,7 +20,7 @@ from typing import Any
 from hotpod import aiotransport, transport, wire
 from hotpod.answers import StreamReader, print_log, rebuild_error
 from hotpod.backends.base import PodInfo
-from hotpod.client import RECONNECT_WINDOW, CallOptions, PodClient
+from hotpod.client import CallOptions, PodClient
 
 
 async def call(
@@ -64,11 +64,7 @@ async def _call(
     opts: CallOptions,
     request_id: str | None = None,
 ) -> Any:
-    path = f"/call/{method}" if method else "/call"
-    headers = client.call_headers(ctype, opts, request_id)
-    start = time.monotonic()
-    deadline = start + opts.timeout if opts.timeout else None
-    what = f"call to {client.service}{'.' + method if method else ''} on pod {pod.name}"
+    path, headers, start, deadline, what = client.call_setup(pod, method, ctype, opts, request_id)
     if pod.name in client._suspect:
         await asyncio.to_thread(client._await_pod, pod, what, start, deadline)
     atransport = _transport(client)
@@ -77,19 +73,9 @@ async def _call(
         try:
             resp = await atransport.request(pod.url, path, body, headers, deadline)
             break
-        except transport.Broken as exc:
-            if exc.unanswered and not retried:  # closed by a stopping server: never read
-                retried = True
-                continue
-            raise client._broken(what, pod, exc) from None
-        except transport.Unreachable as exc:
-            # nothing was sent: the pod is (re)starting; wait for it within the window
-            waited = time.monotonic() - start
-            if waited > RECONNECT_WINDOW or (deadline and time.monotonic() >= deadline):
-                raise client._refused(what, pod, exc, waited) from None
-            await asyncio.sleep(0.05)
-        except transport.TimedOut:
-            raise client._timeout(what, opts) from None
+        except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
+            await asyncio.sleep(client.retry_delay(exc, retried, what, pod, opts, start, deadline))
+            retried = retried or isinstance(exc, transport.Broken)
     try:
         if resp.status != 200:
             data = await resp.read()

@@ -207,11 +207,7 @@ class PodClient:
         opts: CallOptions,
         request_id: str | None = None,
     ) -> Any:
-        path = f"/call/{method}" if method else "/call"
-        headers = self.call_headers(ctype, opts, request_id)
-        start = time.monotonic()
-        deadline = start + opts.timeout if opts.timeout else None
-        what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
+        path, headers, start, deadline, what = self.call_setup(pod, method, ctype, opts, request_id)
         if pod.name in self._suspect:
             self._await_pod(pod, what, start, deadline)
         retried = False
@@ -220,19 +216,9 @@ class PodClient:
             try:
                 resp = self._transport.request(pod.url, path, body, headers, remaining)
                 break
-            except transport.Broken as exc:
-                if exc.unanswered and not retried:  # closed by a stopping server: never read
-                    retried = True
-                    continue
-                raise self._broken(what, pod, exc) from None
-            except transport.Unreachable as exc:
-                # nothing was sent: the pod is (re)starting; wait for it within the window
-                waited = time.monotonic() - start
-                if waited > RECONNECT_WINDOW or (deadline and time.monotonic() >= deadline):
-                    raise self._refused(what, pod, exc, waited) from None
-                time.sleep(0.05)
-            except transport.TimedOut:
-                raise self._timeout(what, opts) from None
+            except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
+                time.sleep(self.retry_delay(exc, retried, what, pod, opts, start, deadline))
+                retried = retried or isinstance(exc, transport.Broken)
         try:
             if resp.status != 200:
                 data = resp.read()
@@ -247,6 +233,40 @@ class PodClient:
         except BaseException:
             resp.abandon()
             raise
+
+    def call_setup(
+        self, pod: PodInfo, method: str, ctype: str, opts: CallOptions, request_id: str | None
+    ) -> tuple[str, dict[str, str], float, float | None, str]:
+        """A call's path, headers, start, deadline and description (for its errors)."""
+        path = f"/call/{method}" if method else "/call"
+        start = time.monotonic()
+        deadline = start + opts.timeout if opts.timeout else None
+        what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
+        return path, self.call_headers(ctype, opts, request_id), start, deadline, what
+
+    def retry_delay(
+        self,
+        exc: Exception,
+        retried: bool,
+        what: str,
+        pod: PodInfo,
+        opts: CallOptions,
+        start: float,
+        deadline: float | None,
+    ) -> float:
+        """After a request could not be sent or went unanswered: the seconds to wait before
+        sending it again, or the error to raise. Never sends twice what a pod may have read."""
+        if isinstance(exc, transport.Broken):
+            if exc.unanswered and not retried:  # closed by a stopping server: never read
+                return 0.0
+            raise self._broken(what, pod, exc) from None
+        if isinstance(exc, transport.Unreachable):
+            # nothing was sent: the pod is (re)starting; wait for it within the window
+            waited = time.monotonic() - start
+            if waited > RECONNECT_WINDOW or (deadline and time.monotonic() >= deadline):
+                raise self._refused(what, pod, exc, waited) from None
+            return 0.05
+        raise self._timeout(what, opts) from None
 
     def call_headers(self, ctype: str, opts: CallOptions, request_id: str | None) -> dict[str, str]:
         headers = {
