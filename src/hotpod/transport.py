@@ -16,11 +16,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
 from hotpod.wire import LARGE, Body, Parts, coalesce
+
+_R = TypeVar("_R")
 
 #: a pooled connection that closes unanswered this soon after a request was written was closed
 #: by the server while idle (it never read the request); sooner than any work could have begun
@@ -139,19 +142,25 @@ class Response(ResponseHead):
     def set_timeout(self, seconds: float | None) -> None:
         self._conn.sock.settimeout(seconds)
 
-    def _feed(self) -> None:
+    def _read(self, op: Callable[[], _R]) -> _R:
+        """Run one socket read; its failures, and the end of the stream, become the call
+        path's TimedOut and Broken (the connection is dropped)."""
         try:
-            data = self._conn.sock.recv(65536)
-            self.received = self.received or bool(data)
+            got = op()
         except TimeoutError as exc:
             self._conn.close()
             raise TimedOut(str(exc) or "timed out") from None
         except OSError as exc:
             self._conn.close()
             raise Broken(f"{type(exc).__name__}: {exc}") from None
-        if not data:
+        if not got:
             self._conn.close()
             raise Broken("the server closed the connection")
+        self.received = True
+        return got
+
+    def _feed(self) -> None:
+        data = self._read(lambda: self._conn.sock.recv(65536))
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -163,18 +172,7 @@ class Response(ResponseHead):
             self._feed()
 
     def _recv_into(self, view: memoryview) -> int:
-        try:
-            n = self._conn.sock.recv_into(view)
-        except TimeoutError as exc:
-            self._conn.close()
-            raise TimedOut(str(exc) or "timed out") from None
-        except OSError as exc:
-            self._conn.close()
-            raise Broken(f"{type(exc).__name__}: {exc}") from None
-        if not n:
-            self._conn.close()
-            raise Broken("the server closed the connection")
-        return n
+        return self._read(lambda: self._conn.sock.recv_into(view))
 
     def _read_whole(self, size: int) -> bytearray:
         """The rest of a large body of known size, read straight into one buffer: no 64 KiB
