@@ -11,14 +11,13 @@ generator.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from hotpod import aiotransport, transport, wire
-from hotpod.answers import StreamReader, print_log, rebuild_error
+from hotpod.answers import AnswerReader, StreamReader
 from hotpod.backends.base import PodInfo
 from hotpod.client import CallOptions, PodClient
 
@@ -108,32 +107,18 @@ async def _read_frames(
     opts: CallOptions,
 ) -> Any:
     decoder = wire.FrameDecoder()
-    pickled_exc: bytes | None = None
-    outcome: tuple[bool, Any] | None = None
+    answer = AnswerReader(pod.name, opts.stream_logs, client.log_out)
     chunks = resp.chunks()
     async for chunk in chunks:
         frames = decoder.feed(chunk)
         for i, (kind, payload) in enumerate(frames):
-            if kind == wire.FRAME_LOG:
-                if opts.stream_logs:
-                    print_log(pod.name, payload, client.log_out)
-            elif kind in (wire.FRAME_JSON, wire.FRAME_PICKLE):
-                outcome = (True, wire.decode_result(kind, payload))
-            elif kind == wire.FRAME_EXC:
-                pickled_exc = payload
-            elif kind == wire.FRAME_ERROR:
-                outcome = (False, rebuild_error(json.loads(payload), pickled_exc))
-            elif kind == wire.FRAME_STREAM:
+            if answer.take(kind, payload):
+                continue
+            if kind == wire.FRAME_STREAM:
                 reader = StreamReader(client, pod, what, opts, decoder, frames[i + 1 :])
                 return AsyncStream(_items(reader, resp, chunks), resp)
-            else:
-                await _other_frame(client, kind, payload, what, resp)
-    if outcome is None:
-        raise transport.Broken("the response ended without a result")
-    ok, value = outcome
-    if not ok:
-        raise value
-    return value
+            await _other_frame(client, kind, payload, what, resp)
+    return answer.result()
 
 
 async def _other_frame(

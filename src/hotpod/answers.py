@@ -64,6 +64,42 @@ def rebuild_error(info: dict[str, Any], pickled: bytes | None) -> BaseException:
     return exc
 
 
+class AnswerReader:
+    """The frames of a plain answer (log lines, then a result or an error), interpreted without
+    I/O: the sync and async readers feed it each frame and handle what it does not take."""
+
+    def __init__(self, pod: str, stream_logs: bool, log_out: TextIO | None) -> None:
+        self.pod = pod
+        self.stream_logs = stream_logs
+        self.log_out = log_out
+        self.outcome: tuple[bool, Any] | None = None
+        self._pickled_exc: bytes | None = None
+
+    def take(self, kind: bytes, payload: bytes) -> bool:
+        """Interpret one frame; False for a frame the caller must handle (S, D, unknown)."""
+        if kind == wire.FRAME_LOG:
+            if self.stream_logs:
+                print_log(self.pod, payload, self.log_out)
+        elif kind in (wire.FRAME_JSON, wire.FRAME_PICKLE):
+            self.outcome = (True, wire.decode_result(kind, payload))
+        elif kind == wire.FRAME_EXC:
+            self._pickled_exc = payload
+        elif kind == wire.FRAME_ERROR:
+            self.outcome = (False, rebuild_error(json.loads(payload), self._pickled_exc))
+        else:
+            return False
+        return True
+
+    def result(self) -> Any:
+        """The call's result, or its remote error raised; Broken if none arrived."""
+        if self.outcome is None:
+            raise transport.Broken("the response ended without a result")
+        ok, value = self.outcome
+        if not ok:
+            raise value
+        return value
+
+
 class StreamReader:
     """The frames of a streamed answer (S ... I ... Z), interpreted without I/O: the sync and
     async iterators feed it what they read and take the items it hands out."""

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 import httpx
 
 from hotpod import transport, wire
-from hotpod.answers import Stream, StreamReader, print_log, rebuild_error, stream_items
+from hotpod.answers import (
+    AnswerReader,
+    Stream,
+    StreamReader,
+    stream_items,
+)
 from hotpod.backends.base import PodInfo
 from hotpod.errors import (
     BroadcastError,
@@ -335,42 +340,28 @@ class PodClient:
         opts: CallOptions,
     ) -> Any:
         decoder = wire.FrameDecoder()
-        pickled_exc: bytes | None = None
-        outcome: tuple[bool, Any] | None = None
+        answer = AnswerReader(pod.name, opts.stream_logs, self.log_out)
         chunks = resp.chunks()
         for chunk in chunks:
             if len(chunk) >= wire.LARGE and not decoder.pending:  # a large answer read whole
                 single = wire.single_frame(chunk)
                 if single is not None and single[0] == wire.FRAME_PICKLE:
-                    outcome = (True, wire.decode_result(*single))  # no copy before unpickling
+                    answer.outcome = (True, wire.decode_result(*single))  # no copy first
                     continue
             frames = decoder.feed(chunk)
             for i, (kind, payload) in enumerate(frames):
-                if kind == wire.FRAME_LOG:
-                    if opts.stream_logs:
-                        print_log(pod.name, payload, self.log_out)
-                elif kind in (wire.FRAME_JSON, wire.FRAME_PICKLE):
-                    outcome = (True, wire.decode_result(kind, payload))
-                elif kind == wire.FRAME_EXC:
-                    pickled_exc = payload
-                elif kind == wire.FRAME_ERROR:
-                    outcome = (False, rebuild_error(json.loads(payload), pickled_exc))
-                elif kind == wire.FRAME_STREAM:
+                if answer.take(kind, payload):
+                    continue
+                if kind == wire.FRAME_STREAM:
                     reader = StreamReader(self, pod, what, opts, decoder, frames[i + 1 :])
                     return Stream(stream_items(reader, resp, chunks, deadline), resp)
-                else:
-                    self.other_frame(kind, payload, what, resp)
+                self.other_frame(kind, payload, what, resp)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise transport.TimedOut("deadline passed")
                 resp.set_timeout(left)
-        if outcome is None:
-            raise transport.Broken("the response ended without a result")
-        ok, value = outcome
-        if not ok:
-            raise value
-        return value
+        return answer.result()
 
     def other_frame(
         self, kind: bytes, payload: bytes, what: str, resp: transport.Response | None
