@@ -7,6 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from k8sfake.fixture import fake_cluster  # noqa: F401  (the fake Kubernetes cluster's fixture)
+
 
 def hotpod_processes(home: Path) -> list[psutil.Process]:
     """Processes started for this HOTPOD_HOME (controller, supervisors, workers)."""
