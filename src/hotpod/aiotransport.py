@@ -13,11 +13,11 @@ shuts down its async generators (``asyncio.run`` does).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import httptools
 
@@ -25,9 +25,11 @@ from hotpod.transport import (
     IDLE_CLOSE_WINDOW,
     Broken,
     ResponseHead,
+    Route,
     TimedOut,
     Unreachable,
     request_buffers,
+    target,
 )
 from hotpod.wire import Body
 
@@ -185,7 +187,9 @@ class AsyncTransport:
                 await pool.watch_shutdown()
         return pool
 
-    async def _connection(self, pool: _Pool, key: tuple[str, int], deadline: float | None) -> _Conn:
+    async def _connection(
+        self, pool: _Pool, key: tuple[str, int], deadline: float | None, route: Route | None = None
+    ) -> _Conn:
         slots = pool.slots.get(key)
         if slots is None:
             slots = pool.slots[key] = asyncio.Semaphore(MAX_CONNECTIONS)
@@ -208,9 +212,14 @@ class AsyncTransport:
             if deadline is not None:
                 timeout = min(timeout, max(deadline - time.monotonic(), 0.001))
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(key[0], key[1]), timeout
-                )
+                if route is not None and route.tls:  # a proxy: the Kubernetes API server
+                    ctx = route.ssl_context or ssl.create_default_context()
+                    opening = asyncio.open_connection(
+                        key[0], key[1], ssl=ctx, server_hostname=route.server_hostname or key[0]
+                    )
+                else:
+                    opening = asyncio.open_connection(key[0], key[1])
+                reader, writer = await asyncio.wait_for(opening, timeout)
             except (TimeoutError, asyncio.TimeoutError) as exc:
                 raise Unreachable(f"connecting timed out after {timeout:g} s") from exc
             except OSError as exc:
@@ -231,10 +240,12 @@ class AsyncTransport:
         deadline: float | None,
     ) -> AsyncResponse:
         """POST ``body``; returns once the response's status line and headers have arrived."""
-        parts = urlsplit(url)
-        key = (parts.hostname or "127.0.0.1", parts.port or 80)
+        host, port, path, route = target(url, path)
+        if route is not None:
+            headers = route.headers(headers)
+        key = (host, port)
         pool = await self._pool()
-        conn = await self._connection(pool, key, deadline)
+        conn = await self._connection(pool, key, deadline, route)
         resp = AsyncResponse(conn, deadline)
         sent = 0.0
         try:

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hotpod import coderef, codesync
-from hotpod._files import tail
 from hotpod.backends import Backend, Plan, ServiceInfo, get_backend
 from hotpod.client import PodClient
 from hotpod.compute import Compute
@@ -98,7 +97,7 @@ def distribution_spec(compute: Compute, service: ServiceInfo) -> dict[str, Any]:
     return {
         "kind": dist.kind,
         "port": port,
-        "peers": [urlsplit(p.url).netloc or p.url for p in pods],
+        "peers": [p.address or urlsplit(p.url).netloc or p.url for p in pods],
     }
 
 
@@ -131,20 +130,14 @@ def deploy(
     t0 = time.perf_counter()
     if not isinstance(compute, Compute):
         raise SpecError(f"compute={compute!r}: expected a hotpod.Compute")
-    if compute.uses_existing_pods:
+    backend = backend or get_backend()
+    if compute.uses_existing_pods and not backend.adopts_pods:
         raise DeployError(
             f"Compute(selector={dict(compute.selector or {})!r}) points at an existing pool of "
             "pods, which the local backend cannot adopt yet; drop selector= to let hotpod start "
             "the pool (e.g. kt.Compute(cpus='1', replicas=2))"
         )
-    if compute.autoscaling is not None:
-        log.warning(
-            "hotpod: the local backend does not autoscale yet: %r keeps %d pod(s) and calls go "
-            "to every pod; compute.manifests(name) shows the Knative Service a cluster would run",
-            name,
-            compute.replicas,
-        )
-    if compute.manifest is not None:
+    if compute.manifest is not None and not backend.applies_manifests:
         log.warning(
             "hotpod: the local backend does not apply Kubernetes manifests; it starts %d local "
             "pod(s) with the manifest's replica count and this Compute's env vars instead.",
@@ -173,6 +166,7 @@ def deploy(
             "qualname": ref.qualname,
             "module": ref.module or ref.script or ("<app>" if kind == "app" else "<by value>"),
         },
+        compute=compute,
     )
     backend.check(plan)
     service = backend.apply(plan)
@@ -189,11 +183,14 @@ def deploy(
     spec.update(extra or {})
     if compute.distribution is not None:
         spec["distribute"] = distribution_spec(compute, service)
+    if compute.autoscaling is not None:  # pods the autoscaler starts later resume it
+        service = dataclasses.replace(backend.set_launch(name, spec), rollout=service.rollout)
     client = PodClient.shared(name, service.token)
     if service.rollout != "unchanged" or any(p.status != "running" for p in service.pods):
         service = dataclasses.replace(
             wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
         )  # (pods that were up answer the launch itself; one that is not is waited for there)
+    backend.ship(service, client, spec)  # what the pods lack of the code (when not shared)
     progress = Progress(name, [p.name for p in service.pods])
     try:
         results = client.launch(service.pods, spec, compute.launch_timeout, progress)
@@ -209,42 +206,42 @@ def deploy(
 def wait_ready(
     backend: Backend, client: PodClient, service: ServiceInfo, timeout: float
 ) -> ServiceInfo:
-    """Wait until every pod's server answers; fail early on a crash loop, late on a timeout."""
+    """Wait until the service has its pods and every pod's server answers; fail early when the
+    backend sees a pod that will not come up (``Backend.diagnose``), late on a timeout."""
     deadline = time.monotonic() + timeout
     restarts0 = {p.name: p.restarts for p in service.pods}
     pending = list(service.pods)
+    up: set[str] = set()  # pods that answered
     started = time.monotonic()
     next_check = started + 1.0
     next_report = started + 2.0
-    while pending:
-        pending = [p for p in pending if client.health(p) is None]
-        if not pending:
+    while True:
+        up.update(p.name for p in pending if client.health(p) is not None)
+        pending = [p for p in pending if p.name not in up]
+        if not pending and len(service.pods) >= service.replicas:
             break
         now = time.monotonic()
-        if now > next_check:
+        if now > next_check:  # pods appear, go, restart: ask the backend how they are
             service = backend.get(service.name)
-            pending_names = {p.name for p in pending}
-            pending = [p for p in service.pods if p.name in pending_names]
-            for p in pending:
-                if p.restarts - restarts0.get(p.name, 0) >= 3:
-                    raise DeployError(
-                        f"pod {p.name} of {service.name!r} keeps crashing ({p.restarts} restarts, "
-                        f"last exit code {p.last_exit}). Its log ends with:\n{tail(p.log_path)}"
-                    )
+            pending = [p for p in service.pods if p.name not in up]
+            for p in service.pods:
+                restarts0.setdefault(p.name, p.restarts)
+            backend.diagnose(service, pending, restarts0, now - started, timeout)
             next_check = now + 1.0
         if now > next_report:
-            waiting = ", ".join(f"{p.name} ({p.status})" for p in pending)
+            waiting = ", ".join(f"{p.name} ({p.status})" for p in pending) or "pods to be made"
             print(
                 f"hotpod: {service.name!r}: {len(service.pods) - len(pending)}/"
-                f"{len(service.pods)} pods up after {now - started:.0f} s; waiting for {waiting}",
+                f"{service.replicas} pods up after {now - started:.0f} s; waiting for {waiting}",
                 file=sys.stderr,
                 flush=True,
             )
             next_report = now + 5.0
         if now > deadline:
-            names = ", ".join(f"{p.name} ({p.status})" for p in pending)
+            backend.diagnose(service, pending, restarts0, now - started, timeout)  # (why, if known)
+            names = ", ".join(f"{p.name} ({p.status})" for p in pending) or "no pods made yet"
             raise DeployError(
-                f"service {service.name!r}: {len(service.pods) - len(pending)}/{len(service.pods)} "
+                f"service {service.name!r}: {len(service.pods) - len(pending)}/{service.replicas} "
                 f"pods ready after {timeout:g} s; not ready: {names}. "
                 f"Run 'hotpod describe {service.name}' and 'hotpod logs {service.name}'."
             )

@@ -17,6 +17,7 @@ from hotpod.client import CallOptions, PodClient
 from hotpod.config import settings
 from hotpod.loglines import LogFilter, LogLine
 from hotpod.module import RemoteApp, RemoteCls, RemoteFn
+from hotpod.transport import httpx_transport
 
 
 def lookup(name: str) -> RemoteFn[..., Any] | RemoteCls[Any] | RemoteApp:
@@ -41,7 +42,7 @@ def pod_info(info: ServiceInfo, pods: tuple[PodInfo, ...] | None = None) -> list
     launch error); ``{}`` for a pod that does not answer."""
     headers = {"Authorization": f"Bearer {info.token}", wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION}
     out: list[dict[str, Any]] = []
-    with httpx.Client(headers=headers, timeout=2) as http:
+    with httpx.Client(headers=headers, timeout=2, transport=httpx_transport()) as http:
         for pod in info.pods if pods is None else pods:
             try:
                 r = http.get(f"{pod.url}/_hotpod/info")
@@ -88,6 +89,7 @@ def describe(name: str) -> dict[str, Any]:
             k: info.template.get(k) for k in ("cpus", "memory", "gpus") if info.template.get(k)
         },
         "pods": pods,
+        "autoscaler": info.meta.get("router"),  # an autoscaled service's router and its state
         "launch_id": next((p["launch_id"] for p in pods if p["launch_id"]), None),
         "call": {
             "python": f"import hotpod as kt; {call}",

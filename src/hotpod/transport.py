@@ -7,21 +7,33 @@ and parse responses with httptools (which uvicorn uses too). Deploy-time request
 httpx. A pooled connection that the server closed while idle is noticed before it is reused (its
 socket reads as ready), so a request is never sent twice: any failure after a request was sent is
 reported, not retried.
+
+Pods behind a proxy (the Kubernetes API server's pod proxy, from outside a cluster) are reached
+through a :class:`Route` registered for the proxy's host and port: a pod URL's path is the base
+path of its requests, the route adds the proxy's credentials, moves the service token to
+``X-Hotpod-Token`` (a proxy consumes ``Authorization``) and brings TLS. Direct pod URLs
+(``http://IP:PORT``, no path) take none of this: one empty-dict test per request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
 from hotpod.wire import LARGE, Body, Parts, coalesce
+
+if TYPE_CHECKING:
+    import httpx
 
 _R = TypeVar("_R")
 
@@ -49,10 +61,129 @@ class TimedOut(Exception):
     """No answer before the deadline."""
 
 
+#: where the service token goes when a proxy between client and pod takes ``Authorization``
+TOKEN_HEADER = "X-Hotpod-Token"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to reach pods whose URLs point at a proxy (``https://api-server:6443/...``).
+
+    ``credentials`` gives the headers the proxy wants (called per request, so a token that
+    expires can be refreshed); ``ssl_context`` is used for ``https`` origins, with
+    ``server_hostname`` when the certificate names another host than the URL.
+    """
+
+    credentials: Callable[[], dict[str, str]] = dict
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    tls: bool = False  # set by add_route from the URL's scheme
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` as the proxy must get them: the service token moved to
+        ``X-Hotpod-Token``, the proxy's credentials added."""
+        out = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        auth = headers.get("Authorization") or headers.get("authorization")
+        if auth and auth[:7].lower() == "bearer ":
+            out[TOKEN_HEADER] = auth[7:]
+        out.update(self.credentials())
+        return out
+
+    def wrap(self, sock: socket.socket, host: str) -> socket.socket:
+        context = self.ssl_context or ssl.create_default_context()
+        return context.wrap_socket(sock, server_hostname=self.server_hostname or host)
+
+
+_ROUTES: dict[tuple[str, int], Route] = {}
+_TLS = Route(tls=True)  # an https origin without a route: the system's CAs, no credentials
+
+
+def add_route(url: str, route: Route) -> None:
+    """Send requests to URLs at ``url``'s host and port through ``route``."""
+    parts = urlsplit(url)
+    key = (parts.hostname or "", _port(parts.scheme, parts.port))
+    _ROUTES[key] = dataclasses.replace(route, tls=parts.scheme == "https")
+
+
+def remove_route(url: str) -> None:
+    parts = urlsplit(url)
+    _ROUTES.pop((parts.hostname or "", _port(parts.scheme, parts.port)), None)
+
+
+def route_for(url: str) -> Route | None:
+    """The route of ``url``'s origin; None for a direct one."""
+    if not _ROUTES and not url.startswith("https:"):
+        return None
+    parts = urlsplit(url)
+    route = _ROUTES.get((parts.hostname or "", _port(parts.scheme, parts.port)))
+    return route if route is not None or parts.scheme != "https" else _TLS
+
+
+def _port(scheme: str, port: int | None) -> int:
+    return port if port is not None else (443 if scheme == "https" else 80)
+
+
+_PARSED: dict[str, tuple[str, int, str, bool]] = {}  # url -> host, port, base path, https
+
+
+def target(url: str, path: str) -> tuple[str, int, str, Route | None]:
+    """Where a request to ``path`` of the pod at ``url`` goes: host, port, the full path (the
+    URL's path is a base path) and the route (None: direct)."""
+    parsed = _PARSED.get(url)
+    if parsed is None:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        parts = urlsplit(url)
+        base = parts.path.rstrip("/")
+        parsed = _PARSED[url] = (
+            parts.hostname or "127.0.0.1",
+            _port(parts.scheme, parts.port),
+            base,
+            parts.scheme == "https",
+        )
+    host, port, base, https = parsed
+    route = _ROUTES.get((host, port)) if _ROUTES else None
+    if route is None and https:
+        route = _TLS
+    return host, port, base + path if base else path, route
+
+
+def httpx_transport(**kw: Any) -> httpx.BaseTransport:
+    """An httpx transport (for the deploy-time requests: health, info) that follows the routes."""
+    import httpx
+
+    class Routed(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.direct = httpx.HTTPTransport(**kw)
+            self.routed: dict[int, tuple[Route, httpx.HTTPTransport]] = {}
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            route = route_for(str(request.url))
+            if route is None:
+                return self.direct.handle_request(request)
+            held = self.routed.get(id(route))
+            if held is None or held[0] is not route:
+                verify: Any = route.ssl_context or True
+                held = self.routed[id(route)] = (route, httpx.HTTPTransport(verify=verify))
+            request.headers = httpx.Headers(route.headers(dict(request.headers)))
+            return held[1].handle_request(request)
+
+        def close(self) -> None:
+            self.direct.close()
+            for _, transport in self.routed.values():
+                transport.close()
+
+    return Routed()
+
+
 class _Conn:
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, connect_timeout: float, route: Route | None = None
+    ) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+            if route is not None and route.tls:
+                self.sock = route.wrap(self.sock, host)
         except OSError as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -230,13 +361,13 @@ class Transport:
             idle = self._local.idle = {}
         return idle
 
-    def _connection(self, host: str, port: int) -> _Conn:
+    def _connection(self, host: str, port: int, route: Route | None = None) -> _Conn:
         conn = self._idle().pop((host, port), None)
         if conn is not None:
             if not conn.closed and not conn.stale():
                 return conn
             conn.close()
-        conn = _Conn(host, port, self.connect_timeout)
+        conn = _Conn(host, port, self.connect_timeout, route)
         with self._lock:
             self._all = [c for c in self._all if not c.closed]
             self._all.append(conn)
@@ -251,9 +382,10 @@ class Transport:
         timeout: float | None,
     ) -> Response:
         """POST ``body``; returns once the response's status line and headers have arrived."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        conn = self._connection(host, port)
+        host, port, path, route = target(url, path)
+        if route is not None:
+            headers = route.headers(headers)
+        conn = self._connection(host, port, route)
         buffers = request_buffers(path, conn.host, headers, body)
         idle = self._idle()
 

@@ -13,10 +13,16 @@ _backends: dict[Settings, Backend] = {}
 
 
 def get_backend() -> Backend:
-    """The backend the settings name (``HOTPOD_BACKEND``, default ``local``), one per settings."""
+    """The backend the settings name (``HOTPOD_BACKEND`` or the config file, default ``local``),
+    one per settings."""
     current = settings()
     backend = _backends.get(current)
     if backend is None:
+        if current.backend == "kubernetes":  # (imports the Kubernetes client: only when used)
+            from hotpod.backends.k8s.backend import KubernetesBackend
+
+            backend = _backends[current] = KubernetesBackend(current)
+            return backend
         if current.backend != "local":  # config validated the name already
             raise AssertionError(f"unknown backend {current.backend!r}")
         from hotpod.backends.local.backend import LocalBackend

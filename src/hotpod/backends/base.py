@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotpod.errors import HotpodError
+from hotpod._files import tail
+from hotpod.errors import DeployError, HotpodError
 from hotpod.loglines import LogFilter, LogLine
 from hotpod.store import Store
+
+if TYPE_CHECKING:
+    from hotpod.client import PodClient
+    from hotpod.compute import Compute
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Plan:
     template: dict[str, Any]
     labels: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the Compute itself, for backends that compile it (Kubernetes manifests); local ignores it
+    compute: Compute | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class PodInfo:
     pid: int | None = None
     last_exit: int | None = None
     log_path: str | None = None
+    #: ``host:port`` where the pod's peers reach it (distributed pools), when not the url's
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,10 @@ class Backend(abc.ABC):
     """Where pods come from. Implementations: ``local`` (embedded), later ``kubernetes``."""
 
     name: str
+    #: runs pools of existing pods (``Compute(selector=...)``) and workloads brought with
+    #: ``Compute.from_manifest``; a backend that cannot says so before anything is applied
+    adopts_pods: bool = False
+    applies_manifests: bool = False
 
     @abc.abstractmethod
     def store(self) -> Store:
@@ -140,6 +153,42 @@ class Backend(abc.ABC):
         ``tail`` keeps each pod's last N of those. ``follow`` goes on with new lines as they
         come. Raises ServiceNotFoundError when there are no logs.
         """
+
+    def diagnose(
+        self,
+        service: ServiceInfo,
+        pending: Sequence[PodInfo],
+        restarts0: Mapping[str, int],
+        waited: float,
+        timeout: float,
+    ) -> None:
+        """Raise DeployError when a pod the deploy waits for will not come up, saying why.
+
+        Called about once a second while ``.to()`` waits for ``pending`` (the service as
+        ``get`` returned it just before); ``restarts0`` holds each pod's restarts when the wait
+        began, ``waited`` the seconds since, ``timeout`` the launch timeout. The default: a
+        pod that crashed 3 times since is in a crash loop; its log's last lines say why.
+        """
+        for p in pending:
+            if p.restarts - restarts0.get(p.name, 0) >= 3:
+                raise DeployError(
+                    f"pod {p.name} of {service.name!r} keeps crashing ({p.restarts} restarts, "
+                    f"last exit code {p.last_exit}). Its log ends with:\n{tail(p.log_path)}"
+                )
+
+    def ship(self, service: ServiceInfo, client: PodClient, spec: dict[str, Any]) -> None:
+        """Before a launch: give each pod what ``spec`` names in the store and the pod lacks.
+
+        The default does nothing: the pods read the backend's own store (``store()``).
+        """
+        return None
+
+    def set_launch(self, name: str, spec: dict[str, Any]) -> ServiceInfo:
+        """Before a launch of an autoscaled service: hand ``spec`` to whatever starts its pods,
+        so that pods started later serve it too. Returns the service with the pods it has now
+        (the launch goes to those). The default keeps nothing and returns ``get(name)``.
+        """
+        return self.get(name)
 
     def purge_logs(self, name: str) -> bool:
         """Delete the kept logs of a service (emptied while it runs); False if it had none."""

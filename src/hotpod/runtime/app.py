@@ -6,6 +6,8 @@ Endpoints::
     POST /call              call the service's function
     POST /call/{method}     call a method of the service's instance
     POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
+    POST /_hotpod/store/... what a launch needs from the store, for a pod with its own store
+                            (see ``storeapi``)
     GET  /_hotpod/info      what the pod serves
     GET  /_hotpod/debug     debugger sessions waiting for a client (``hotpod debug``)
     GET  /metrics           Prometheus metrics (see ``metrics``); the token is required
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hotpod import wire
-from hotpod.runtime import debug, logs
+from hotpod.runtime import debug, logs, storeapi
 from hotpod.runtime.apps import AppRunner
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _send_bytes, _send_json
 from hotpod.runtime.calls import CallsMixin
@@ -111,6 +113,11 @@ class PodApp(LaunchMixin, CallsMixin):
                 await asyncio.wait([self._resuming])  # a restarted worker: wait for its app
             await self.apps.proxy(scope, receive, send, self.state.max_body)
             return
+        if path.startswith(storeapi.PREFIX):  # code for a pod with a store of its own
+            self._check_auth(scope)
+            self._check_protocol(scope)
+            await storeapi.handle(self.state, scope, receive, send)
+            return
         is_call = path == "/call" or path.startswith("/call/")
         if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info", "/_hotpod/debug"):
             raise HTTPError(404, f"no endpoint {path}; calls go to POST /call or /call/METHOD")
@@ -134,7 +141,8 @@ class PodApp(LaunchMixin, CallsMixin):
             )
 
     def _check_auth(self, scope: Scope) -> None:
-        value = _header(scope, b"authorization")
+        proxied = _header(scope, b"x-hotpod-token")  # through a proxy that takes Authorization
+        value = f"Bearer {proxied}" if proxied is not None else _header(scope, b"authorization")
         if not value:
             raise HTTPError(401, "missing Authorization: Bearer <service token>")
         scheme, _, token = value.partition(" ")

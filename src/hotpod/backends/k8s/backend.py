@@ -1,0 +1,582 @@
+"""The Kubernetes backend: a pool is the compiled workload, applied with your own kubeconfig.
+
+- **Apply**: the token Secret ``NAME-hotpod-token`` first (a random token, kept across
+  redeploys; its annotation ``hotpod.dev/meta`` records the service: kind, code, replicas, the
+  objects made), then the objects :func:`hotpod.k8s.compile_manifests` gives, each created, or
+  merge-patched when it exists (create-or-patch, which every API server and the test fake
+  serve; server-side apply would also drop fields a Compute no longer sets). Every pod template
+  gets the label ``hotpod.dev/template`` (a hash of the Compute's pod template), so that the
+  pods of the current template are told from those a rollout is replacing.
+- **Watch**: the pods (label ``hotpod.dev/service``) are watched while ``.to()`` waits
+  (:mod:`.watch`), and :meth:`KubernetesBackend.diagnose` turns their status into errors that say
+  why (:mod:`.pods`): Pending with the scheduler's reason, image pull failures, container config
+  errors, crash loops with the last log lines, and at the launch timeout what is still not ready.
+- **Code**: the client keeps its store (``HOTPOD_HOME/store``); before a launch each pod gets the
+  blobs and manifests it lacks (:mod:`.ship`) into its own store in its ``emptyDir``.
+- **Reach**: ``http://POD_IP:32300`` in the cluster; from outside through the API server's pod
+  proxy with the kubeconfig's credentials (a :class:`hotpod.transport.Route`).
+- **Teardown**: deletes the objects it made, the Services and pods with the service's label and
+  the token Secret; claims only with ``teardown(name, volumes=True)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import dataclasses
+import json
+import queue
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hotpod import loglines, transport
+from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
+from hotpod.backends.k8s import pods as podstate
+from hotpod.backends.k8s.bootstrap import apply_bootstrap
+from hotpod.backends.k8s.kube import ApiError, Credentials, Kube, collection, object_path
+from hotpod.backends.k8s.ship import Shipper
+from hotpod.backends.k8s.watch import PodWatch
+from hotpod.config import Settings
+from hotpod.errors import DeployError, HotpodError, ServiceNotFoundError
+from hotpod.k8s.pod import MANAGED_BY, RUNTIME_PORT, SERVICE_LABEL, token_secret_name
+from hotpod.store import LocalStore, Store
+
+if TYPE_CHECKING:
+    from hotpod.client import PodClient
+
+TEMPLATE_LABEL = "hotpod.dev/template"
+META_ANNOTATION = "hotpod.dev/meta"
+#: how long a pod may stay Pending unschedulable, or waiting for its image, before ``.to()``
+#: fails (at most; a quarter of the launch timeout when that is shorter)
+GRACE_SECONDS = 10.0
+_MANAGED = "app.kubernetes.io/managed-by=hotpod"
+
+
+def _route(creds: Credentials) -> transport.Route:
+    context = None
+    if creds.server.startswith("https:"):
+        context = ssl.create_default_context(cafile=creds.ca_file)
+        if not creds.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if creds.cert_file:
+            context.load_cert_chain(creds.cert_file, creds.key_file)
+    return transport.Route(
+        credentials=creds.headers, ssl_context=context, server_hostname=creds.server_name
+    )
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+    applies_manifests = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kube: Kube | None = None
+        self._lock = threading.Lock()
+        self._watches: dict[tuple[str, str], PodWatch] = {}
+        self._namespaces: dict[str, str] = {}  # services applied here in another namespace
+
+    # -- the API ----------------------------------------------------------------------------
+
+    @property
+    def kube(self) -> Kube:
+        with self._lock:
+            if self._kube is None:
+                self._kube = Kube(self.settings.kube)
+                if self.reach == "proxy":
+                    transport.add_route(self._kube.server, _route(self._kube.credentials()))
+            return self._kube
+
+    def close(self) -> None:
+        """Stop the watches and close the API connections (a later call opens them again)."""
+        with self._lock:
+            watches, self._watches = list(self._watches.values()), {}
+            kube, self._kube = self._kube, None
+        for watch in watches:
+            watch.stop()
+        if kube is not None:
+            if self.reach == "proxy":
+                transport.remove_route(kube.server)
+            kube.close()
+
+    @property
+    def reach(self) -> str:
+        """``direct`` (pod IPs) or ``proxy`` (the API server's pod proxy)."""
+        mode = self.settings.kube.reach
+        if mode == "auto":
+            return "direct" if self.settings.kube.in_cluster else "proxy"
+        return mode
+
+    def namespace(self, name: str | None = None) -> str:
+        return self._namespaces.get(name or "", "") or self.kube.namespace
+
+    def _secret_path(self, name: str, ns: str) -> str:
+        return f"{collection('v1', 'Secret', ns)}/{token_secret_name(name)}"
+
+    # -- Backend ----------------------------------------------------------------------------
+
+    def store(self) -> Store:
+        return LocalStore(self.settings.store_dir)
+
+    def check(self, plan: Plan) -> None:
+        compute = plan.compute
+        if compute is None:
+            raise DeployError(f"service {plan.name!r}: the Kubernetes backend needs the Compute")
+        if compute.uses_existing_pods:
+            raise DeployError(
+                f"Compute(selector={dict(compute.selector or {})!r}) points at existing pods, "
+                "which the Kubernetes backend cannot adopt yet; drop selector= to let hotpod "
+                "make the pool"
+            )
+
+    def apply(self, plan: Plan) -> ServiceInfo:
+        from hotpod.k8s import compile_manifests
+        from hotpod.k8s.byo import pod_templates
+
+        compute = plan.compute
+        assert compute is not None
+        kube = self.kube
+        ns = compute.namespace if compute.namespace != "default" else kube.namespace
+        if ns != compute.namespace:
+            compute = compute.replace(namespace=ns)
+        objects = compile_manifests(
+            plan.name, compute, runtime_image=self.settings.kube.runtime_image
+        )
+        from hotpod import __version__
+
+        bootstrap = self.settings.kube.bootstrap
+        template = compute.template_hash()[:16]
+        if bootstrap != "image":
+            template = f"{template[:12]}-{bootstrap}"
+        for obj in objects:
+            for pod_template in pod_templates(obj):
+                apply_bootstrap(pod_template, bootstrap, __version__)
+                pod_template.setdefault("metadata", {}).setdefault("labels", {})[TEMPLATE_LABEL] = (
+                    template
+                )
+        made = [
+            [o["apiVersion"], o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ns)]
+            for o in objects
+        ]
+        workload = next(
+            (o for o in objects if o["kind"] not in ("Service", "PersistentVolumeClaim")), None
+        )
+        before = kube.find(object_path(workload, ns)) if workload is not None else None
+        meta = {
+            **plan.meta,
+            "replicas": plan.replicas,
+            "labels": plan.labels,
+            "template": template,
+            "objects": made,
+            "resources": {
+                k: plan.template.get(k)
+                for k in ("cpus", "memory_bytes", "gpus")
+                if plan.template.get(k)
+            },
+        }
+        self._ensure_secret(plan.name, ns, meta)
+        for obj in objects:
+            self._apply_object(obj, ns)
+        self._namespaces[plan.name] = ns
+        if before is None:
+            rollout = "created"
+        elif _template_of(before) != template:
+            rollout = "replaced"
+        elif (before.get("spec") or {}).get("replicas") not in (None, plan.replicas):
+            rollout = "scaled"
+        else:
+            rollout = "unchanged"
+        self.watch(plan.name)  # .to() now waits for the pods: keep them current
+        return dataclasses.replace(self.get(plan.name), rollout=rollout)
+
+    def _ensure_secret(self, name: str, ns: str, meta: dict[str, Any]) -> str:
+        kube = self.kube
+        path = self._secret_path(name, ns)
+        notes = {META_ANNOTATION: json.dumps(meta, sort_keys=True)}
+        for _ in range(3):
+            found = kube.find(path)
+            if found is not None:
+                kube.request(
+                    "PATCH",
+                    path,
+                    body={"metadata": {"annotations": notes}},
+                    content_type="application/merge-patch+json",
+                )
+                return _token(found)
+            token = secrets.token_urlsafe(32)
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": token_secret_name(name),
+                    "namespace": ns,
+                    "labels": {**MANAGED_BY, SERVICE_LABEL: name},
+                    "annotations": notes,
+                },
+                "type": "Opaque",
+                "data": {"token": base64.b64encode(token.encode()).decode()},
+            }
+            try:
+                kube.request("POST", collection("v1", "Secret", ns), body=body)
+                return token
+            except ApiError as exc:
+                if exc.status != 409:  # made meanwhile by another client: read it
+                    raise
+        raise HotpodError(f"could not create or read the Secret {token_secret_name(name)}")
+
+    def _apply_object(self, obj: dict[str, Any], ns: str) -> None:
+        """Create the object, or merge-patch it to what it must be when it exists."""
+        kube = self.kube
+        target_ns = obj["metadata"].get("namespace") or ns
+        try:
+            kube.request("POST", collection(obj["apiVersion"], obj["kind"], target_ns), body=obj)
+            return
+        except ApiError as exc:
+            if exc.status == 404:
+                raise DeployError(
+                    f"the cluster does not serve {obj['kind']} ({obj['apiVersion']}): {exc}. "
+                    "Install its operator (Knative Serving, KubeRay...) or use another Compute."
+                ) from None
+            if exc.status != 409:
+                raise DeployError(
+                    f"could not create {obj['kind']} {obj['metadata']['name']}: {exc}"
+                ) from None
+        if obj["kind"] == "PersistentVolumeClaim":  # a claim's spec is immutable: keep it
+            return
+        kube.request(
+            "PATCH",
+            object_path(obj, target_ns),
+            body=obj,
+            content_type="application/merge-patch+json",
+        )
+
+    # -- reading services -----------------------------------------------------------------
+
+    def _pods(self, name: str, ns: str) -> list[dict[str, Any]]:
+        """The service's pods: from its watch when one runs, else listed."""
+        watch = self._watches.get((ns, name))
+        if watch is not None:
+            found = watch.pods()
+            if found is not None:
+                return found
+            if not watch.alive:
+                self._watches.pop((ns, name), None)
+        return self.kube.items(collection("v1", "Pod", ns), f"{SERVICE_LABEL}={name}")
+
+    def watch(self, name: str) -> None:
+        """Keep the service's pods current by watching them (while somebody asks)."""
+        ns = self.namespace(name)
+        kube = self.kube
+        with self._lock:
+            current = self._watches.get((ns, name))
+            if current is None or not current.alive:
+                self._watches[(ns, name)] = PodWatch(kube, ns, f"{SERVICE_LABEL}={name}")
+
+    def _info(self, secret: dict[str, Any], pods: list[dict[str, Any]], ns: str) -> ServiceInfo:
+        meta_obj = secret.get("metadata") or {}
+        name = (meta_obj.get("labels") or {}).get(SERVICE_LABEL) or meta_obj["name"]
+        try:
+            meta = json.loads((meta_obj.get("annotations") or {}).get(META_ANNOTATION) or "{}")
+        except ValueError:
+            meta = {}
+        template = meta.get("template")
+        current = [
+            p
+            for p in pods
+            if not (p.get("metadata") or {}).get("deletionTimestamp")
+            and (
+                template is None
+                or ((p.get("metadata") or {}).get("labels") or {}).get(TEMPLATE_LABEL)
+                in (None, template)
+            )
+        ]
+        current.sort(key=podstate.rank_key)
+        infos = tuple(self._pod_info(p, rank, ns) for rank, p in enumerate(current))
+        created = _epoch(meta_obj.get("creationTimestamp"))
+        resources = meta.get("resources") or {}
+        return ServiceInfo(
+            name=name,
+            token=_token(secret),
+            replicas=int(meta.get("replicas") or len(infos)),
+            pods=infos,
+            created_at=created,
+            labels=dict(meta.get("labels") or {}),
+            meta={k: meta[k] for k in ("kind", "qualname", "module") if k in meta},
+            template={
+                "cpus": resources.get("cpus"),
+                "memory_bytes": resources.get("memory_bytes"),
+                "gpus": resources.get("gpus"),
+                "namespace": ns,
+            },
+        )
+
+    def _pod_info(self, pod: dict[str, Any], rank: int, ns: str) -> PodInfo:
+        meta = pod.get("metadata") or {}
+        name = meta.get("name", "?")
+        ip = (pod.get("status") or {}).get("podIP")
+        if self.reach == "proxy":
+            url = f"{self.kube.server}/api/v1/namespaces/{ns}/pods/{name}:{RUNTIME_PORT}/proxy"
+        else:
+            url = f"http://{ip}:{RUNTIME_PORT}" if ip else ""
+        return PodInfo(
+            name=name,
+            rank=rank,
+            url=url,
+            status=podstate.status(pod),
+            restarts=podstate.restarts(pod),
+            last_exit=podstate.last_exit(pod),
+            address=f"{ip}:{RUNTIME_PORT}" if ip else None,
+        )
+
+    def get(self, name: str) -> ServiceInfo:
+        ns = self.namespace(name)
+        secret = self.kube.find(self._secret_path(name, ns))
+        if secret is None:
+            raise ServiceNotFoundError(
+                f"no service named {name!r} in namespace {ns!r} of the Kubernetes cluster at "
+                f"{self.kube.server}; 'hotpod list' shows what runs (HOTPOD_NAMESPACE picks "
+                "another namespace)"
+            )
+        return self._info(secret, self._pods(name, ns), ns)
+
+    def list(self) -> builtins.list[ServiceInfo]:
+        ns = self.kube.namespace
+        found = self.kube.items(collection("v1", "Secret", ns), f"{_MANAGED},{SERVICE_LABEL}")
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.kube.items(collection("v1", "Pod", ns), SERVICE_LABEL):
+            service = ((pod.get("metadata") or {}).get("labels") or {}).get(SERVICE_LABEL, "")
+            by_service.setdefault(service, []).append(pod)
+        out = []
+        for secret in found:
+            labels = (secret.get("metadata") or {}).get("labels") or {}
+            if secret["metadata"]["name"] != token_secret_name(labels.get(SERVICE_LABEL, "")):
+                continue
+            out.append(self._info(secret, by_service.get(labels[SERVICE_LABEL], []), ns))
+        return sorted(out, key=lambda s: s.name)
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def teardown(self, name: str, volumes: bool = False) -> bool:
+        """Delete what hotpod made for the service; its claims too with ``volumes=True``."""
+        kube = self.kube
+        ns = self.namespace(name)
+        watch = self._watches.pop((ns, name), None)
+        if watch is not None:
+            watch.stop()
+        secret = kube.find(self._secret_path(name, ns))
+        meta: dict[str, Any] = {}
+        if secret is not None:
+            try:
+                meta = json.loads(
+                    (secret["metadata"].get("annotations") or {}).get(META_ANNOTATION) or "{}"
+                )
+            except ValueError:
+                meta = {}
+        deleted = False
+        for api_version, kind, obj_name, obj_ns in meta.get("objects") or []:
+            if kind == "PersistentVolumeClaim" and not volumes:
+                continue
+            path = f"{collection(api_version, kind, obj_ns)}/{obj_name}"
+            deleted = kube.delete(path) or deleted
+        selector = f"{SERVICE_LABEL}={name}"
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod")):
+            path = collection(api_version, kind, ns)
+            for obj in kube.items(path, selector):
+                deleted = kube.delete(f"{path}/{obj['metadata']['name']}") or deleted
+        if secret is not None:
+            deleted = kube.delete(self._secret_path(name, ns)) or deleted
+        self._namespaces.pop(name, None)
+        return deleted
+
+    def teardown_all(self) -> builtins.list[str]:
+        names = [s.name for s in self.list()]
+        return [n for n in names if self.teardown(n)]
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def _log_path(self, ns: str, pod: str) -> str:
+        return f"{collection('v1', 'Pod', ns)}/{pod}/log"
+
+    def read_log(
+        self, pod: str, ns: str, tail: int | None = None, previous: bool = False
+    ) -> builtins.list[str]:
+        query = {"container": "hotpod", "tailLines": tail, "previous": "true" if previous else None}
+        text = self.kube.request("GET", self._log_path(ns, pod), query=query, raw=True)
+        return str(text).splitlines()
+
+    def logs(
+        self,
+        name: str,
+        pod: str | None = None,
+        follow: bool = False,
+        tail: int | None = None,
+        keep: loglines.LogFilter | None = None,
+    ) -> Iterator[loglines.LogLine]:
+        ns = self.namespace(name)
+        names = sorted((p for p in self._pods(name, ns)), key=podstate.rank_key)
+        pods = [p["metadata"]["name"] for p in names]
+        if pod is not None:
+            if pod not in pods:
+                raise ServiceNotFoundError(
+                    f"service {name!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
+                )
+            pods = [pod]
+        if not pods:
+            raise ServiceNotFoundError(
+                f"no pods of service {name!r} in namespace {ns!r}: their logs went with them"
+            )
+        if follow:
+            return self._follow(pods, ns, tail, keep)
+        return loglines.merge(
+            [
+                loglines.read(p, self.read_log(p, ns, None if keep else tail), keep, tail)
+                for p in pods
+            ]
+        )
+
+    def _follow(
+        self,
+        pods: builtins.list[str],
+        ns: str,
+        tail: int | None,
+        keep: loglines.LogFilter | None,
+    ) -> Iterator[loglines.LogLine]:
+        lines: queue.Queue[loglines.LogLine | None] = queue.Queue()
+
+        def pump(pod: str) -> None:
+            last = ""
+            query = {"container": "hotpod", "follow": "true", "tailLines": tail}
+            try:
+                for raw in self.kube.stream(self._log_path(ns, pod), query):
+                    line = loglines.parse(pod, raw.decode("utf-8", "replace").rstrip("\r"), last)
+                    last = line.ts
+                    if keep is None or keep.keep(line):
+                        lines.put(line)
+            except HotpodError:
+                pass
+            finally:
+                lines.put(None)
+
+        for p in pods:
+            threading.Thread(target=pump, args=(p,), daemon=True).start()
+        open_streams = len(pods)
+        while open_streams:
+            item = lines.get()
+            if item is None:
+                open_streams -= 1
+            else:
+                yield item
+
+    # -- deploy hooks -----------------------------------------------------------------------
+
+    def diagnose(
+        self,
+        service: ServiceInfo,
+        pending: Sequence[PodInfo],
+        restarts0: Mapping[str, int],
+        waited: float,
+        timeout: float,
+    ) -> None:
+        ns = self.namespace(service.name)
+        self.watch(service.name)
+        raw = {p["metadata"]["name"]: p for p in self._pods(service.name, ns)}
+        names = [p.name for p in pending if p.name in raw]
+        events: list[dict[str, Any]] = []
+        if any(
+            podstate.unschedulable(raw[n]) is None and _phase(raw[n]) == "Pending" for n in names
+        ) or (waited >= timeout):
+            events = self.kube.items(collection("v1", "Event", ns))
+        grace = min(GRACE_SECONDS, timeout / 4)
+        found = []
+        for n in names:
+            trouble = podstate.trouble(raw[n], events, restarts0.get(n, 0))
+            if trouble is None:
+                continue
+            found.append(trouble)
+            late = trouble.kind != "scaling" and waited >= grace
+            if trouble.final or late:
+                raise DeployError(
+                    f"service {service.name!r}: {trouble.message}"
+                    + self._log_tail(raw[n], ns, trouble.kind)
+                    + f"\nRun 'hotpod describe {service.name}'"
+                    + (
+                        f" and 'hotpod logs {service.name}'."
+                        if trouble.kind == "crashloop"
+                        else "."
+                    )
+                )
+        if waited >= timeout:
+            ready = len(service.pods) - len(pending)
+            why = "; ".join(t.message for t in found) or ", ".join(
+                f"{p.name} ({p.status})" for p in pending
+            )
+            if len(service.pods) < service.replicas:
+                why += (
+                    f"{'; ' if why else ''}only {len(service.pods)} of {service.replicas} pods exist "
+                    "(the workload's controller may be failing to make them: "
+                    f"'kubectl describe' the workload of {service.name!r} in {ns!r})"
+                )
+            raise DeployError(
+                f"service {service.name!r}: {ready}/{service.replicas} pods ready after "
+                f"{timeout:g} s. Not ready: {why}. Run 'hotpod describe {service.name}'."
+            )
+
+    def _log_tail(self, pod: dict[str, Any], ns: str, kind: str) -> str:
+        if kind != "crashloop":
+            return ""
+        name = pod["metadata"]["name"]
+        for previous in (True, False):
+            try:
+                lines = self.read_log(name, ns, tail=20, previous=previous)
+            except HotpodError:
+                continue
+            if lines:
+                return " Its log ends with:\n" + "\n".join(lines)
+        return " Its log is empty."
+
+    def ship(self, service: ServiceInfo, client: PodClient, spec: dict[str, Any]) -> None:
+        shipper = Shipper(self.store(), service.token, service.name)
+        try:
+            shipper.ship_all(service.pods, spec)
+        finally:
+            shipper.close()
+
+
+def _phase(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _template_of(workload: dict[str, Any]) -> str | None:
+    from hotpod.k8s.byo import pod_templates
+
+    for template in pod_templates(workload):
+        value = ((template.get("metadata") or {}).get("labels") or {}).get(TEMPLATE_LABEL)
+        if value:
+            return str(value)
+    return None
+
+
+def _token(secret: dict[str, Any]) -> str:
+    data = (secret.get("data") or {}).get("token")
+    if data:
+        return base64.b64decode(data).decode()
+    return str((secret.get("stringData") or {}).get("token") or "")
+
+
+def _epoch(stamp: str | None) -> float:
+    if not stamp:
+        return time.time()
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+__all__ = ["KubernetesBackend"]
