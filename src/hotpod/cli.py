@@ -96,6 +96,14 @@ def describe(name: str, as_json: bool) -> None:
     click.echo(f"Created:   {d['created']}")
     click.echo(f"Replicas:  {d['replicas']} ({ready} ready)")
     click.echo(f"Launch:    {d['launch_id'] or '-'}")
+    auto = d.get("autoscaler")
+    if auto:
+        click.echo(
+            f"Autoscale: {auto['url']}: desired {auto['desired']}, actual {auto['actual']}, "
+            f"ready {auto['ready']}, in flight {auto['in_flight']}, queued {auto['queued']}; "
+            f"{auto['metric']} {auto['observed']:g} per window (target {auto['target']:g}/pod, "
+            f"{auto['min_scale']}-{auto['max_scale']} pods{', panic' if auto['panic'] else ''})"
+        )
     if d["resources"]:
         click.echo("Resources: " + ", ".join(f"{k}={v}" for k, v in d["resources"].items()))
     if d["labels"]:

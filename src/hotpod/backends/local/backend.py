@@ -165,18 +165,12 @@ class LocalBackend(Backend):
     def check(self, plan: Plan) -> None:
         tpl = plan.template
         dist = tpl.get("distribute")
-        if isinstance(dist, dict):
-            if dist.get("kind") == "ray":
-                raise DeployError(
-                    f"service {plan.name!r}: distribute('ray') is not supported on the local "
-                    "backend yet; use 'spmd', 'pytorch' or 'jax' locally"
-                )
-            if (dist.get("num_proc") or 1) > 1:
-                raise DeployError(
-                    f"service {plan.name!r}: distribute(num_proc={dist['num_proc']}) is not "
-                    "supported on the local backend yet: each local pod runs one process. Use "
-                    f"workers={dist['num_proc'] * plan.replicas} pods with num_proc=1 instead"
-                )
+        if isinstance(dist, dict) and (dist.get("num_proc") or 1) > 1:
+            raise DeployError(
+                f"service {plan.name!r}: distribute(num_proc={dist['num_proc']}) is not "
+                "supported on the local backend yet: each local pod runs one process. Use "
+                f"workers={dist['num_proc'] * plan.replicas} pods with num_proc=1 instead"
+            )
         gpus = int(tpl.get("gpus") or 0)
         if gpus:
             have = machine_gpus()
@@ -216,6 +210,13 @@ class LocalBackend(Backend):
         )
         if r.status_code != 200:
             raise HotpodError(f"the local controller refused service {plan.name!r}: {r.text}")
+        return ServiceInfo.from_dict(r.json())
+
+    def set_launch(self, name: str, spec: dict[str, Any]) -> ServiceInfo:
+        """Give the controller an autoscaled service's launch: pods it starts resume it."""
+        r = self._request("PUT", f"/services/{name}/launch", json=spec)
+        if r.status_code != 200:
+            raise HotpodError(f"the local controller refused the launch of {name!r}: {r.text}")
         return ServiceInfo.from_dict(r.json())
 
     def get(self, name: str) -> ServiceInfo:

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -36,8 +37,9 @@ from starlette.routing import Route
 
 from hotpod import loglines
 from hotpod.backends.local.registry import Registry
+from hotpod.backends.local.scaling import Autoscalers
 from hotpod.config import Settings, reload_settings
-from hotpod.distribute import worker_env
+from hotpod.distribute import RAY_WORKER_PORTS, worker_env
 
 MONITOR_INTERVAL = 0.2
 #: a controller with no services exits after this many seconds (HOTPOD_CONTROLLER_IDLE)
@@ -109,6 +111,7 @@ class Controller:
         self.pods: dict[str, list[Pod]] = {}
         self.lock = asyncio.Lock()
         self.server: uvicorn.Server | None = None
+        self.scalers = Autoscalers(self)  # routers and deciders of autoscaled services
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -170,7 +173,8 @@ class Controller:
                     "log_path": str(self.log_path(name, pod.name)),
                 }
             )
-        return {**{k: v for k, v in svc.items() if k != "template_hash"}, "pods": pods}
+        desc = {**{k: v for k, v in svc.items() if k != "template_hash"}, "pods": pods}
+        return self.scalers.describe(name, desc)
 
     # -- pods -------------------------------------------------------------------------------
 
@@ -179,6 +183,7 @@ class Controller:
         tpl = svc["template"]
         root = self.pod_root(pod.service, pod.name)
         (root / ".hotpod").mkdir(parents=True, exist_ok=True)
+        self.scalers.starting(pod, root)
         for vol in tpl.get("volumes", []):
             target = self.settings.volumes_dir / vol["name"]
             target.mkdir(parents=True, exist_ok=True)
@@ -252,13 +257,16 @@ class Controller:
         if not isinstance(dist, dict):
             return {}
         pods = sorted(self.pods.get(pod.service, []), key=lambda p: p.rank)
-        return worker_env(
+        env = worker_env(
             str(dist["kind"]),
             rank=pod.rank,
             world_size=int(svc["replicas"]),
             peers=[f"127.0.0.1:{p.port}" for p in pods],
             port=dist.get("port") or svc["meta"].get("dist_port"),
         )
+        if dist["kind"] == "ray":  # the Ray node's --num-cpus: the pod's cpus, rounded up
+            env["HOTPOD_RAY_NUM_CPUS"] = str(math.ceil(float(svc["template"].get("cpus") or 1)))
+        return env
 
     def _used_ports(self) -> set[int]:
         """Ports taken by pods and by distributed pools' rendezvous."""
@@ -287,7 +295,10 @@ class Controller:
         dist = svc["template"].get("distribute")
         meta = {k: v for k, v in svc["meta"].items() if k != "dist_port"}
         if isinstance(dist, dict) and dist.get("kind") != "spmd" and not dist.get("port"):
-            meta["dist_port"] = kept or self._free_port()
+            port = kept or self._free_port()
+            while dist.get("kind") == "ray" and port in RAY_WORKER_PORTS:  # Ray's workers' range
+                port = self._free_port()
+            meta["dist_port"] = port
         svc["meta"] = meta
 
     def _signal_group(self, pod: Pod, sig: int) -> None:
@@ -300,6 +311,7 @@ class Controller:
 
     async def stop_pod(self, pod: Pod) -> None:
         pod.status = "stopped"
+        self.scalers.stopping(pod)
         try:  # the supervisor stops its workers in order: no new connections, then drain
             if pod.pid is not None:
                 os.kill(pod.pid, signal.SIGTERM)
@@ -351,6 +363,7 @@ class Controller:
     def _tend(self, pod: Pod, now: float) -> None:
         if pod.status == "running" and not pod.alive():
             pod.last_exit = pod.exit_code()
+            self.scalers.stopping(pod)
             self._signal_group(pod, signal.SIGKILL)  # what the pod left behind goes too
             ran = now - (pod.started_at or now)
             pod.consecutive = 1 if ran > STABLE_AFTER else pod.consecutive + 1
@@ -377,8 +390,8 @@ class Controller:
     # -- API --------------------------------------------------------------------------------
 
     async def apply(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        replicas = int(body["replicas"])
         template = body["template"]
+        replicas = self.scalers.replicas(name, template, int(body["replicas"]))
         thash = template_hash(template)
         async with self.lock:
             svc = self.services.get(name)
@@ -435,12 +448,14 @@ class Controller:
                 new.append(pod)
             for pod in new:
                 self.start_pod(pod)
+            await self.scalers.applied(name)
             return {**self.describe(name), "rollout": rollout}
 
     async def delete(self, name: str) -> bool:
         async with self.lock:
             if name not in self.services:
                 return False
+            await self.scalers.removed(name)
             pods = self.pods.pop(name, [])
             await asyncio.gather(*(self.stop_pod(p) for p in pods))
             for pod in pods:
@@ -495,7 +510,9 @@ def build_app(ctl: Controller) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(ctl.monitor())
+        await ctl.scalers.start()
         yield
+        await ctl.scalers.stop()
         task.cancel()
 
     return Starlette(
@@ -507,6 +524,7 @@ def build_app(ctl: Controller) -> Starlette:
             Route("/services/{name}", put_service, methods=["PUT"]),
             Route("/services/{name}", delete_service, methods=["DELETE"]),
             Route("/shutdown", shutdown, methods=["POST"]),
+            *ctl.scalers.routes(),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,341 @@
+"""Autoscaled services in the local controller: a router and a KPA decider per service.
+
+The controller calls in at a few points (creation, apply, pod start/stop/exit, delete); this
+module does the rest. Each tick (``TICK`` seconds, or at once when a request arrives at zero)
+it samples the router, asks the :class:`~hotpod.backends.local.autoscaler.Decider` for a pod
+count and scales toward it: new pods start with the service's last launch spec written into
+their root (``.hotpod/launch.json``, which the pod resumes on start), and join the router once
+``/health`` says they are ready; pods to remove first drain (no new requests, the last one
+answered), then stop. A scaled-down pod's directory stays, so the next pod of that rank starts
+with its code tree and setup ledger in place.
+
+What survives a controller restart is kept in ``pods/<service>/.autoscale.json``: the
+router's port and the launch spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from hotpod.backends.local.autoscaler import Decider, KpaSettings, settings_from
+from hotpod.backends.local.router import Router
+
+if TYPE_CHECKING:
+    from hotpod.backends.local.controller import Controller, Pod
+
+TICK = 0.1
+READY_POLL = 0.02
+#: a pod that has not become ready after this long may be removed when scaling down
+START_GRACE = 120.0
+
+
+@dataclass
+class Scaled:
+    """One autoscaled service's router, decider and what the controller needs to know."""
+
+    name: str
+    settings: KpaSettings
+    router: Router
+    decider: Decider
+    launch: dict[str, Any] | None = None
+    desired: int = 0
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    stopping: set[int] = field(default_factory=set)  # ranks of pods still stopping
+
+
+def autoscale_of(svc: dict[str, Any]) -> dict[str, Any] | None:
+    auto = svc.get("template", {}).get("autoscale")
+    return auto if isinstance(auto, dict) else None
+
+
+class Autoscalers:
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self.services: dict[str, Scaled] = {}
+
+    def _state_file(self, name: str) -> Path:
+        return self.ctl.settings.pods_dir / name / ".autoscale.json"
+
+    def _save(self, sc: Scaled) -> None:
+        path = self._state_file(sc.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": sc.router.port, "launch": sc.launch}))
+        os.replace(tmp, path)
+
+    # -- controller hooks -------------------------------------------------------------------
+
+    def replicas(self, name: str, template: dict[str, Any], asked: int) -> int:
+        """The pod count an apply sets: at creation the initial scale, later what runs now
+        (the autoscaler owns the count)."""
+        auto = template.get("autoscale")
+        if not isinstance(auto, dict):
+            return asked
+        if name in self.ctl.services:
+            return len(self.ctl.pods.get(name, []))
+        return settings_from(auto).start_count
+
+    async def start(self) -> None:
+        """At controller start: routers for the autoscaled services of the registry."""
+        for name in sorted(self.ctl.services):
+            await self.applied(name)
+
+    async def applied(self, name: str) -> None:
+        """After an apply (or at start): make the service's router and decider match it."""
+        svc = self.ctl.services[name]
+        auto = autoscale_of(svc)
+        if auto is None:
+            await self.removed(name)
+            return
+        settings = settings_from(auto)
+        sc = self.services.get(name)
+        now = time.monotonic()
+        if sc is None:
+            try:
+                saved = json.loads(self._state_file(name).read_text())
+            except (OSError, ValueError):
+                saved = {}
+            router = Router(name, settings.concurrency, settings.hold_timeout)
+            sc = Scaled(name, settings, router, Decider(settings, now), saved.get("launch"))
+            router.on_wait = lambda: self._at_zero(sc)
+            await router.start(int(saved.get("port") or 0))
+            self.services[name] = sc
+            self._save(sc)
+            sc.task = asyncio.get_running_loop().create_task(self._loop(sc))
+        elif settings != sc.settings:
+            sc.settings = sc.decider.settings = settings
+            sc.router.limit, sc.router.hold_timeout = settings.concurrency, settings.hold_timeout
+        sc.decider.hold(now)
+        for pod in self.ctl.pods.get(name, []):
+            if pod.name not in sc.router.pods and pod.status != "stopped":
+                self._watch(sc, pod)
+        sc.desired = len(self.ctl.pods.get(name, []))
+
+    async def removed(self, name: str) -> None:
+        sc = self.services.pop(name, None)
+        if sc is None:
+            return
+        if sc.task is not None:
+            sc.task.cancel()
+        for task in sc.watchers.values():
+            task.cancel()
+        await sc.router.close()
+
+    async def stop(self) -> None:
+        for name in list(self.services):
+            await self.removed(name)
+
+    def starting(self, pod: Pod, root: Path) -> None:
+        """Before a pod of an autoscaled service starts: give it the service's launch, and
+        watch for it to become ready."""
+        sc = self.services.get(pod.service)
+        if sc is None:
+            return
+        if sc.launch is not None:
+            state = root / ".hotpod"
+            state.mkdir(parents=True, exist_ok=True)
+            (state / "launch.next.json").unlink(missing_ok=True)
+            tmp = state / "launch.json.tmp"
+            tmp.write_text(json.dumps(sc.launch))
+            os.replace(tmp, state / "launch.json")
+        sc.router.set_ready(pod.name, False)
+        self._watch(sc, pod)
+
+    def stopping(self, pod: Pod) -> None:
+        sc = self.services.get(pod.service)
+        if sc is not None:
+            sc.router.set_ready(pod.name, False)
+
+    def describe(self, name: str, desc: dict[str, Any]) -> dict[str, Any]:
+        """``desc`` (the controller's view of a service) with the autoscaler's state in
+        ``meta["router"]``."""
+        sc = self.services.get(name)
+        if sc is None:
+            return desc
+        decision = sc.decider.last
+        state = {
+            **sc.router.state(),
+            "desired": sc.desired,
+            "actual": len(self.ctl.pods.get(name, [])),
+            "metric": sc.settings.metric,
+            "observed": round(decision.stable, 3) if decision else 0.0,
+            "panic": bool(decision and decision.panicking),
+            "min_scale": sc.settings.min_scale,
+            "max_scale": sc.settings.max_scale,
+            "target": sc.settings.target,
+        }
+        return {**desc, "meta": {**desc.get("meta", {}), "router": state}}
+
+    def routes(self) -> list[Route]:
+        async def put_launch(request: Request) -> JSONResponse:
+            name = request.path_params["name"]
+            sc = self.services.get(name)
+            if sc is None:
+                return JSONResponse(
+                    {"error": f"no autoscaled service named {name!r}"}, status_code=404
+                )
+            try:
+                spec = await request.json()
+                if not isinstance(spec, dict):
+                    raise ValueError("expected a JSON object")
+            except ValueError as exc:
+                return JSONResponse({"error": f"malformed launch spec: {exc}"}, status_code=400)
+            sc.launch = spec
+            self._save(sc)
+            sc.decider.hold(time.monotonic())  # no scale-down while the launch goes out
+            desc = self.ctl.describe(name)  # the pods to launch on: not those draining
+            desc["pods"] = [p for p in desc["pods"] if p["status"] != "draining"]
+            return JSONResponse(desc)
+
+        return [Route("/services/{name}/launch", put_launch, methods=["PUT"])]
+
+    # -- readiness --------------------------------------------------------------------------
+
+    def _watch(self, sc: Scaled, pod: Pod) -> None:
+        sc.router.add(pod.name, pod.port)
+        old = sc.watchers.pop(pod.name, None)
+        if old is not None:
+            old.cancel()
+        sc.watchers[pod.name] = asyncio.get_running_loop().create_task(self._until_ready(sc, pod))
+
+    async def _until_ready(self, sc: Scaled, pod: Pod) -> None:
+        """Poll the pod's /health until it says ready, then let the router use it."""
+        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+        while pod.status != "stopped" and pod in self.ctl.pods.get(sc.name, []):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
+                try:
+                    writer.write(request)
+                    answer = await asyncio.wait_for(reader.read(), 1.0)
+                finally:
+                    writer.close()
+                head, _, body = answer.partition(b"\r\n\r\n")
+                if b" 200 " in head.split(b"\r\n")[0] and json.loads(body).get("ready"):
+                    sc.router.set_ready(pod.name, True)
+                    sc.decider.hold(time.monotonic())
+                    sc.watchers.pop(pod.name, None)
+                    return
+            except (OSError, ValueError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(READY_POLL)
+
+    # -- scaling ----------------------------------------------------------------------------
+
+    def _at_zero(self, sc: Scaled) -> None:
+        """A request waits: with no pod at all, decide now instead of at the next tick."""
+        pods = self.ctl.pods.get(sc.name, [])
+        if not any(p.status not in ("draining", "stopped") for p in pods):
+            sc.poke.set()
+
+    async def _loop(self, sc: Scaled) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sc.poke.wait(), TICK)
+            sc.poke.clear()
+            try:
+                await self._tick(sc)
+            except Exception as exc:  # a bug here must not stop the service's scaling
+                print(f"autoscaler of {sc.name}: {type(exc).__name__}: {exc}", flush=True)
+
+    async def _tick(self, sc: Scaled) -> None:
+        now = time.monotonic()
+        concurrency, rps = sc.router.sample()
+        sc.decider.record(now, rps if sc.settings.metric == "rps" else concurrency)
+        pods = self.ctl.pods.get(sc.name, [])
+        active = [p for p in pods if p.status != "draining"]
+        ready = sum(1 for p in active if (b := sc.router.pods.get(p.name)) and b.ready)
+        desired = sc.decider.decide(now, ready, len(active))
+        if sc.router.queued:
+            desired = max(desired, 1)
+        sc.desired = desired
+        if desired != len(active):
+            await self._scale(sc, desired)
+
+    async def _scale(self, sc: Scaled, desired: int) -> None:
+        ctl = self.ctl
+        async with ctl.lock:
+            pods = ctl.pods.get(sc.name)
+            svc = ctl.services.get(sc.name)
+            if pods is None or svc is None:
+                return
+            active = [p for p in pods if p.status != "draining"]
+            if desired > len(active):
+                self._grow(sc, pods, active, desired)
+            elif desired < len(active):
+                self._shrink(sc, active, len(active) - desired)
+            svc["replicas"] = desired
+            ctl.registry.save_service(svc)
+
+    def _grow(self, sc: Scaled, pods: list[Pod], active: list[Pod], desired: int) -> None:
+        from hotpod.backends.local.controller import Pod
+
+        for pod in sorted((p for p in pods if p.status == "draining"), key=lambda p: p.rank):
+            if len(active) >= desired:
+                return
+            pod.status = "running"  # taken back before it stopped
+            sc.router.set_draining(pod.name, False)
+            active.append(pod)
+        used = {p.rank for p in pods} | sc.stopping
+        ranks = (r for r in itertools.count() if r not in used)
+        while len(active) < desired:
+            rank = next(ranks)
+            pod = Pod(
+                service=sc.name, rank=rank, name=f"{sc.name}-{rank}", port=self.ctl._free_port()
+            )
+            pods.append(pod)
+            pods.sort(key=lambda p: p.rank)
+            active.append(pod)
+            try:
+                self.ctl.start_pod(pod)
+            except OSError as exc:
+                pod.status, pod.next_start = "restarting", time.time() + 1.0
+                print(f"pod {pod.name} failed to start: {exc}", flush=True)
+            self.ctl.pod_event(pod, f"pod {pod.name} started by the autoscaler")
+
+    def _shrink(self, sc: Scaled, active: list[Pod], count: int) -> None:
+        """Drain ``count`` pods: ready ones, highest rank first (a pod still starting is left
+        to finish, unless it has been starting for START_GRACE)."""
+        now = time.time()
+
+        def removable(p: Pod) -> bool:
+            b = sc.router.pods.get(p.name)
+            return bool(b and b.ready) or now - (p.started_at or now) > START_GRACE
+
+        for pod in sorted(filter(removable, active), key=lambda p: -p.rank)[:count]:
+            pod.status = "draining"
+            sc.router.set_draining(pod.name, True)
+            self.ctl.pod_event(pod, f"pod {pod.name} draining: the autoscaler scales down")
+            asyncio.get_running_loop().create_task(self._drain(sc, pod))
+
+    async def _drain(self, sc: Scaled, pod: Pod) -> None:
+        """Stop a draining pod once its last request is answered (unless taken back)."""
+        backend = sc.router.pods.get(pod.name)
+        while backend is not None and backend.inflight:
+            await backend.drained.wait()
+        async with self.ctl.lock:
+            pods = self.ctl.pods.get(sc.name, [])
+            if pod.status != "draining" or pod not in pods:
+                return
+            pods.remove(pod)
+            self.ctl.registry.delete_pod(sc.name, pod.rank)
+            sc.stopping.add(pod.rank)
+            sc.router.remove(pod.name)
+        try:
+            await self.ctl.stop_pod(pod)
+            self.ctl.pod_event(pod, f"pod {pod.name} stopped: scaled down")
+        finally:
+            sc.stopping.discard(pod.rank)
