@@ -7,6 +7,7 @@ costs nothing where they are not installed.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hotpod.distribute import DISTRIBUTION_ENV
 
@@ -55,3 +56,99 @@ def jax_global_sum() -> dict[str, float | int]:
         "devices": jax.device_count(),
         "sum": float(total),
     }
+
+
+def ray_nodes() -> dict[str, Any]:
+    """On the head: 2 tasks in a STRICT_SPREAD placement group, each returning its node's id."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS names the pool's head
+
+    @ray.remote(num_cpus=1)
+    def node_id() -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    group = placement_group([{"CPU": 1}] * 2, strategy="STRICT_SPREAD")
+    ray.get(group.ready(), timeout=120)
+    try:
+        ids = ray.get(
+            [
+                node_id.options(
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)
+                ).remote()
+                for i in range(2)
+            ],
+            timeout=120,
+        )
+    finally:
+        remove_placement_group(group)
+    return {
+        "rank": os.environ.get("RANK"),
+        "address": os.environ.get("RAY_ADDRESS"),
+        "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+        "task_nodes": ids,
+    }
+
+
+def torch_all_reduce_loop(seconds: float) -> dict[str, float | int]:
+    """All-reduces in a loop for ``seconds`` (a pod killed meanwhile leaves the others in one)."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    end = time.monotonic() + seconds
+    while True:  # every rank stops at the same step: once one of them is past its end
+        t = torch.tensor([float(dist.get_rank() + 1), float(time.monotonic() >= end)])
+        dist.all_reduce(t)
+        if t[1].item() > 0:
+            break
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": float(t[0].item())}
+
+
+def pid_after(seconds: float) -> int:
+    """This worker's pid, after sleeping ``seconds``."""
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+class Member:
+    """An instance with a slow ``__init__`` (or one that fails), a slow method and one that
+    raises: what the tests of calls on a live instance need."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        import time
+
+        time.sleep(delay)
+        if fail:
+            raise RuntimeError("init refused by Member")
+        self.ready_at = time.time()
+
+    def ready_time(self) -> float:
+        return self.ready_at
+
+    def wait(self, seconds: float) -> str:
+        import time
+
+        time.sleep(seconds)
+        return "waited"
+
+    def fail(self) -> None:
+        raise ValueError("Member.fail was called")
+
+
+def raise_on_rank(rank: int, seconds: float) -> int:
+    """Rank ``rank`` raises at once; the others sleep ``seconds`` (as if in a collective)."""
+    import time
+
+    if int(os.environ["RANK"]) == rank:
+        raise ValueError(f"rank {rank} gave up")
+    time.sleep(seconds)
+    return os.getpid()

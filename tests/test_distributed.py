@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
+import psutil
 import pytest
 
 import dist_code as dc
@@ -91,11 +93,47 @@ def test_pytorch_and_jax_pools_get_ports_of_their_own(hotpod_home):
     assert explicit[1]["MASTER_PORT"] == str(int(pt_port) + 1)
 
 
-def test_num_proc_and_ray_are_refused_locally(hotpod_home):
+def test_num_proc_is_refused_locally(hotpod_home):
     with pytest.raises(kt.DeployError, match=r"num_proc=2\) is not supported on the local"):
         kt.fn(dc.dist_env, name="dist-np").to(HALF.distribute("pytorch", workers=2, num_proc=2))
-    with pytest.raises(kt.DeployError, match=r"distribute\('ray'\) is not supported"):
-        kt.fn(dc.dist_env, name="dist-ray").to(HALF.distribute("ray", workers=2))
+
+
+def ray_processes(home) -> list[psutil.Process]:
+    """Ray's daemons (GCS, raylets) started for this HOTPOD_HOME."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if ("gcs_server" in cmd or "raylet" in cmd) and proc.environ().get(
+                "HOTPOD_HOME"
+            ) == str(home):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_ray_task_runs_on_both_nodes_and_ray_stops_with_the_pool(hotpod_home):
+    need("ray", "pip install ray==2.60.0")
+    t0 = time.monotonic()
+    remote = kt.fn(dc.ray_nodes, name="dist-ray").to(HALF.distribute("ray", workers=2))
+    deployed = time.monotonic() - t0
+    out = remote()  # once, on the head: one result, not a list
+    called = time.monotonic() - t0 - deployed
+    port = int(out["address"].rpartition(":")[2])
+    assert out["rank"] == "0" and out["address"].startswith("127.0.0.1:")
+    assert port not in range(10002, 20000)  # outside Ray's worker ports
+    assert out["alive_nodes"] == 2
+    assert len(set(out["task_nodes"])) == 2  # the two tasks ran on the two Ray nodes
+    daemons = ray_processes(hotpod_home)
+    assert sum("gcs_server" in " ".join(p.cmdline()) for p in daemons) == 1  # one head
+    assert sum("raylet" in " ".join(p.cmdline()) for p in daemons) == 2
+    print(f"ray pool: deploy {deployed:.1f} s, call {called:.1f} s")
+    assert remote.teardown()
+    deadline = time.monotonic() + 10
+    while ray_processes(hotpod_home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray_processes(hotpod_home) == []  # no raylet or GCS left behind
 
 
 def test_torch_gloo_all_reduce_across_two_pods(hotpod_home):

@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "ServiceNotFoundError": "hotpod.errors",
     "SpecError": "hotpod.errors",
     "Volume": "hotpod.volume",
+    "WorkerMembershipChanged": "hotpod.errors",
     "app": "hotpod.module",
     "cls": "hotpod.module",
     "fn": "hotpod.module",
@@ -71,6 +72,7 @@ __all__ = [
     "ServiceNotFoundError",
     "SpecError",
     "Volume",
+    "WorkerMembershipChanged",
     "__version__",
     "app",
     "cls",
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
         ResourceUnavailableError,
         ServiceNotFoundError,
         SpecError,
+        WorkerMembershipChanged,
     )
     from hotpod.image import Image
     from hotpod.module import App, Cls, Fn, RemoteApp, RemoteCls, RemoteFn, app, cls, fn

@@ -409,9 +409,9 @@ class Compute:
             )
 
     def autoscale(self, **settings: Any) -> Compute:
-        """A copy that autoscales with its traffic, calls going to one pod each (load-balanced)
-        once a backend routes them: on Kubernetes a Knative Service; the local backend does not
-        autoscale yet (it keeps ``replicas`` pods, broadcasts calls, and says so at deploy).
+        """A copy that autoscales with its traffic, calls going to one pod each (load-balanced):
+        on Kubernetes a Knative Service; on the local backend a router in the local controller
+        applies Knative's rule (docs/autoscaling.md). ``replicas`` is not used.
 
         Takes the fields of :class:`~hotpod.autoscale.Autoscale` (``min_scale``, ``max_scale``,
         ``initial_scale``, ``target``, ``target_utilization``, ``metric``, ``window``,
@@ -452,6 +452,29 @@ class Compute:
         new = self.replace() if workers is None else self.replace(replicas=workers)
         object.__setattr__(new, "_distribute", spec)
         return new
+
+    def pod_names(self, service: str | None = None) -> list[str]:
+        """The running pods of ``service`` in rank order, as the backend sees them now.
+
+        ``service`` defaults to the service this Compute was last deployed as (``.to()``
+        records it on the Compute it was given), or, in a pod, the pod's own service.
+        """
+        import os
+
+        name = service or self.__dict__.get("_service_name") or os.environ.get("HOTPOD_SERVICE")
+        if not name:
+            raise SpecError(
+                "pod_names(): this Compute has not been deployed: call kt.fn(f).to(compute) "
+                "first, or name the service: compute.pod_names('my-service')"
+            )
+        from hotpod.backends import get_backend
+
+        pods = sorted(get_backend().get(name).pods, key=lambda p: p.rank)
+        return [p.name for p in pods if p.status == "running"]
+
+    def _deployed_as(self, service: str) -> None:
+        """Remember the service ``.to()`` deployed on this Compute (not part of its value)."""
+        object.__setattr__(self, "_service_name", service)
 
     def manifests(self, name: str, *, runtime_image: str | None = None) -> str:
         """The Kubernetes manifests a deploy of service ``name`` would apply, as YAML text."""

@@ -18,7 +18,8 @@ torchrun names (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``LOCAL
 ``MASTER_ADDR``/``MASTER_PORT`` for ``"pytorch"``), JAX's (``JAX_COORDINATOR_ADDRESS``, which
 ``jax.distributed.initialize`` reads, and ``JAX_PROCESS_ID``/``JAX_NUM_PROCESSES``, which it does
 not: pass them), and hotpod's own (``HOTPOD_DISTRIBUTE``, ``HOTPOD_NUM_PROC``, ``HOTPOD_PEERS``,
-``HOTPOD_DIST_PORT``), the same names the Kubernetes compiler uses.
+``HOTPOD_DIST_PORT``), the same names the Kubernetes compiler uses. A ``"ray"`` pool adds
+``RAY_ADDRESS`` (the head's GCS), so ``ray.init()`` on the head joins the pool's cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from typing import Any
 from hotpod._quantity import spec_error
 
 KINDS = ("spmd", "pytorch", "jax", "ray")
+#: kinds whose pods meet in collectives: a pod lost mid-call fails the call at once and the
+#: others get fresh workers; a change of pool (size, port, peers) replaces every worker
+COLLECTIVE_KINDS = ("pytorch", "jax")
+#: Ray's worker processes take ports from this range: a head port must stay out of it
+RAY_WORKER_PORTS = range(10002, 20000)
 DEFAULT_PORTS: dict[str, int | None] = {"spmd": None, "pytorch": 29500, "jax": 1234, "ray": 6379}
 
 
@@ -98,6 +104,7 @@ DISTRIBUTION_ENV = frozenset(
         "JAX_COORDINATOR_ADDRESS",
         "JAX_PROCESS_ID",
         "JAX_NUM_PROCESSES",
+        "RAY_ADDRESS",
     }
 )
 
@@ -133,7 +140,24 @@ def worker_env(
             JAX_PROCESS_ID=str(rank),
             JAX_NUM_PROCESSES=str(world_size),
         )
+    elif kind == "ray":
+        env["RAY_ADDRESS"] = f"{host}:{port}"
     return env
 
 
-__all__ = ["DEFAULT_PORTS", "KINDS", "Distribute", "worker_env"]
+def formation(env: dict[str, str]) -> str:
+    """What a pool's collectives were formed over, from a :func:`worker_env`: when it changes,
+    a worker's process group (or Ray driver) belongs to a pool that no longer exists."""
+    keys = ("HOTPOD_DISTRIBUTE", "HOTPOD_PEERS", "HOTPOD_DIST_PORT", "WORLD_SIZE", "RANK")
+    return "|".join(env.get(k, "") for k in keys)
+
+
+__all__ = [
+    "COLLECTIVE_KINDS",
+    "DEFAULT_PORTS",
+    "KINDS",
+    "RAY_WORKER_PORTS",
+    "Distribute",
+    "formation",
+    "worker_env",
+]

@@ -60,6 +60,30 @@ class PodTerminatedError(PodUnreachableError):
     """
 
 
+class WorkerMembershipChanged(CallError):
+    """The pods of a distributed pool changed while a call ran on them: a pod was added,
+    removed, or restarted (a new process) mid-call.
+
+    A collective formed over the old set of pods cannot finish, so the call fails at once
+    instead of hanging; the pods still in the call get fresh workers. Call again, or re-form
+    the pool (``compute.distribute(...)`` then ``.to()``). ``added``, ``removed`` and
+    ``restarted`` name the pods.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        added: list[str] | None = None,
+        removed: list[str] | None = None,
+        restarted: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.added = added or []
+        self.removed = removed or []
+        self.restarted = restarted or []
+
+
 class ProtocolError(CallError):
     """The client and the pod do not speak the same protocol, or a response was malformed."""
 
@@ -133,4 +157,5 @@ __all__ = [
     "ResourceUnavailableError",
     "ServiceNotFoundError",
     "SpecError",
+    "WorkerMembershipChanged",
 ]

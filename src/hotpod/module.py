@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from hotpod import coderef
-from hotpod.backends import ServiceInfo, get_backend
+from hotpod import coderef, membership
+from hotpod.backends import PodInfo, ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
 from hotpod.codesync import find_project_root
 from hotpod.compute import Compute
@@ -137,17 +137,46 @@ class _Remote:
         current.update(options)
         return current
 
+    def _routed(self) -> PodInfo | None:
+        """An autoscaled service's router, as the one 'pod' its calls go to (load-balanced)."""
+        router = self._service.meta.get("router")
+        if not isinstance(router, dict) or not router.get("url"):
+            return None
+        return PodInfo(f"{self._service.name}-router", 0, router["url"], "running")
+
+    def _targets(self) -> tuple[list[PodInfo], bool]:
+        """The pods a call goes to (``workers=``; a Ray pool's head alone), whether it returns
+        one value rather than a list, after ``restart=True`` gave them fresh workers."""
+        opts = self._options
+        pods = membership.select(self._service, self._client, opts.workers)
+        if opts.restart:
+            membership.restart(self._client, pods)
+        single = membership.kind(self._service) == "ray" or (
+            opts.workers is None and len(pods) == 1
+        )
+        return pods, single
+
     def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
-        pods = self._service.pods
-        if len(pods) == 1:
+        routed = self._routed()
+        pods, single = self._targets() if routed is None else ([routed], True)
+        if single:
             return self._client.call(pods[0], method, args, kwargs, self._options)
-        return self._client.broadcast(pods, method, args, kwargs, self._options)
+        watch = membership.watch_for(self._service, self._client, pods)
+        return self._client.broadcast(pods, method, args, kwargs, self._options, watch)
 
     async def _ainvoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+        import asyncio
+
         from hotpod import aioclient
 
-        pods = self._service.pods
-        if len(pods) == 1:
+        routed = self._routed()
+        if routed is not None:
+            pods, single = [routed], True
+        elif self._options.restart or self._options.workers == "ready":  # (they ask the pods)
+            pods, single = await asyncio.to_thread(self._targets)
+        else:
+            pods, single = self._targets()
+        if single:
             return await aioclient.call(self._client, pods[0], method, args, kwargs, self._options)
         return await aioclient.broadcast(self._client, pods, method, args, kwargs, self._options)
 
@@ -189,6 +218,8 @@ class RemoteFn(_Remote, Generic[P, R]):
         debug_rank: int | Any | None = ...,
         post_mortem: bool | Any = ...,
         debugger: str | Any = ...,
+        workers: str | Sequence[int] | Any | None = ...,
+        restart: bool | Any = ...,
     ) -> RemoteFn[P, R]:
         """A handle to the same service with other call options (see :class:`CallOptions`)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
@@ -234,6 +265,8 @@ class RemoteCls(_Remote, Generic[T]):
         debug_rank: int | Any | None = ...,
         post_mortem: bool | Any = ...,
         debugger: str | Any = ...,
+        workers: str | Sequence[int] | Any | None = ...,
+        restart: bool | Any = ...,
     ) -> RemoteCls[T]:
         """A handle to the same service with other call options (see :class:`CallOptions`)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not ...}
@@ -262,6 +295,7 @@ class Fn(Generic[P, R]):
         if settings().in_pod:
             return _LocalFn(self.func)  # type: ignore[return-value]
         dep = deploy(self.func, "fn", self.name, compute)
+        compute._deployed_as(self.name)  # (compute.pod_names())
         _report(dep)
         return RemoteFn(dep.service, dep.client, CallOptions())
 
@@ -349,6 +383,7 @@ class Cls(Generic[T]):
         if settings().in_pod:
             return _LocalInstance(self.klass, args, kwargs)  # type: ignore[return-value]
         dep = deploy(self.klass, "cls", self.name, compute, (args, kwargs))
+        compute._deployed_as(self.name)  # (compute.pod_names())
         _report(dep)
         return RemoteCls(dep.service, dep.client, CallOptions())
 
@@ -520,6 +555,7 @@ class App:
             "timeout": compute.launch_timeout if isinstance(compute, Compute) else None,
         }
         dep = deploy(None, "app", self.name, compute, ref=_app_code(self._caller), extra=extra)
+        compute._deployed_as(self.name)  # (compute.pod_names())
         _report(dep)
         return RemoteApp(dep.service, dep.client)
 

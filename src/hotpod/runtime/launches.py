@@ -4,6 +4,13 @@ A launch spec is checked, its image's setup steps are applied (``setup``) and it
 (``loader``), reloading only what changed. The launch being served is kept in the pod root so that
 a restarted worker resumes it; a launch that needs a new worker is handed over to the successor;
 why the last launch failed is kept there too, for /health to report.
+
+Distributed pools: a launch brings the pod's distribution variables up to date; when the pool
+it forms collectives over changed (size, peers, port, kind) the worker that may hold the old
+process group is replaced by a fresh one after the launch is answered (the supervisor kills it
+first: it may be stuck in a collective), and a ``"ray"`` pool's launch starts or re-forms the
+pod's Ray node (``raynode``). ``{"restart": true, "launch_id": ID}`` sent to the launch endpoint
+replaces the worker the same way, reloading the launch it serves (``with_options(restart=True)``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,9 +28,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
-from hotpod.distribute import DISTRIBUTION_ENV, worker_env
+from hotpod.distribute import COLLECTIVE_KINDS, DISTRIBUTION_ENV, formation, worker_env
 from hotpod.runtime.apps import AppError, AppRunner, check_app_spec
-from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
+from hotpod.runtime.asgi import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    _header,
+    _read_body,
+    _send_bytes,
+    _send_json,
+)
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
 from hotpod.runtime.state import PodState
@@ -74,11 +91,16 @@ def _check_spec(spec: Any) -> None:
         )
 
 
+#: kinds whose workers are replaced when their pool changes (they hold a group or a driver)
+_REFORMED = (*COLLECTIVE_KINDS, "ray")
+
+
 class LaunchMixin:
     """The launch path of ``PodApp``: loading launches, persisting and resuming them."""
 
     state: PodState
     apps: AppRunner
+    _replace_after_answer: bool = False  # a fresh worker takes over once the launch is answered
 
     if TYPE_CHECKING:  # (from ``CallsMixin``)
 
@@ -135,11 +157,15 @@ class LaunchMixin:
         body = await _read_body(scope, receive, 16 << 20)
         try:
             spec = json.loads(body)
-            _check_spec(spec)
+            if not (isinstance(spec, dict) and spec.get("restart") is True):
+                _check_spec(spec)
         except RecursionError:
             raise HTTPError(400, "malformed launch spec: nested too deeply") from None
         except ValueError as exc:
             raise HTTPError(400, f"malformed launch spec: {exc}") from None
+        if spec.get("restart") is True:  # (checked before the spec: it names no code)
+            await self._handle_restart(scope, spec, send)
+            return
         stream = _header(scope, b"x-hotpod-stream-logs") == "1"
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] | None = asyncio.Queue() if stream else None
@@ -173,6 +199,7 @@ class LaunchMixin:
 
         if queue is not None:
             await self._stream(send, queue, run())
+            self._replace_if_asked()
             return
         payload = await run()  # the plain JSON form, for simple clients
         kind, data = wire.FrameDecoder().feed(payload)[0]
@@ -182,6 +209,43 @@ class LaunchMixin:
             await _send_json(send, 500, result)
         else:
             await _send_json(send, 200, result)
+        self._replace_if_asked()
+
+    async def _handle_restart(self, scope: Scope, spec: dict[str, Any], send: Send) -> None:
+        """Replace this worker by a fresh one that loads the launch it serves."""
+        st = self.state
+        current = st.loaded
+        if current is None or st.request_restart is None:
+            raise HTTPError(
+                409, "this pod serves no launch yet (or has no supervisor to restart it)"
+            )
+        wanted = spec.get("launch_id")
+        if wanted is not None and wanted != current.launch_id:
+            raise HTTPError(
+                409, f"this pod serves launch {current.launch_id}, not {wanted}: deploy again"
+            )
+        self._persist(current.spec, st.next_launch_file)
+        info = {
+            "pod": st.pod,
+            "launch_id": current.launch_id,
+            "restarting": True,
+            "pid": os.getpid(),
+        }
+        if _header(scope, b"x-hotpod-stream-logs") == "1":
+            frame = wire.frame(wire.FRAME_JSON, json.dumps(info).encode())
+            await _send_bytes(send, 200, frame, wire.CT_FRAMES)
+        else:
+            await _send_json(send, 200, info)
+        self._replace_after_answer = True
+        self._replace_if_asked()
+
+    def _replace_if_asked(self) -> None:
+        """Once a launch that re-forms the pool is answered: the supervisor kills this worker
+        (it may be stuck in a collective of the old pool) and starts a fresh one."""
+        if self._replace_after_answer and self.state.request_restart is not None:
+            self._replace_after_answer = False
+            print("hotpod: the pool changed; a fresh worker replaces this one", flush=True)
+            os.kill(os.getppid(), signal.SIGUSR2)
 
     async def _launch(self, spec: dict[str, Any], emit: Callable[[str], None]) -> dict[str, Any]:
         """Apply the launch's setup steps and load its code; what changed, as plain data.
@@ -238,10 +302,12 @@ class LaunchMixin:
         self, spec: dict[str, Any], emit: Callable[[str], None]
     ) -> dict[str, Any]:
         st = self.state
+        loop = asyncio.get_running_loop()
         world = spec.get("world_size")
+        reform = False
+        dist = spec.get("distribute")
         if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
             os.environ["HOTPOD_WORLD_SIZE"] = str(world)
-            dist = spec.get("distribute")
             if isinstance(dist, dict):  # and so may the peers: WORLD_SIZE, HOTPOD_PEERS...
                 rank = int(os.environ.get("HOTPOD_RANK", "0"))
                 env = worker_env(
@@ -251,10 +317,19 @@ class LaunchMixin:
                     peers=dist["peers"],
                     port=dist.get("port"),
                 )
+                before = dict(os.environ)
+                reform = formation(before) != formation(env) and (
+                    dist["kind"] in _REFORMED or before.get("HOTPOD_DISTRIBUTE") in _REFORMED
+                )
                 for name in DISTRIBUTION_ENV - env.keys():  # another kind's, from before
                     os.environ.pop(name, None)
                 os.environ.update(env)
+        await self._ray_node(dist, emit)
         async with st.launch_lock:
+            if reform and st.loaded is not None and st.request_restart is not None:
+                self._persist(spec, st.next_launch_file)  # the fresh worker loads this launch
+                self._replace_after_answer = True
+                return {"reloaded": True, "restarting": True, "reformed": True}
             current = st.loaded
             dead_app = (  # an app that exited since: the same launch starts it again
                 current is not None and current.kind == "app" and current.obj.returncode is not None
@@ -263,7 +338,6 @@ class LaunchMixin:
                 current.spec = spec  # same code, same init: keep the instance, adopt the new id
                 self._persist(spec)
                 return {"reloaded": False, "restarting": False}
-            loop = asyncio.get_running_loop()
             setup = Setup(st.root, st.store, st.venv, emit, st.metrics.setup_step)
             image = spec.get("image") or {"image_id": None, "steps": []}
             outcome = await loop.run_in_executor(None, setup.run, image, {})
@@ -285,6 +359,21 @@ class LaunchMixin:
             st.launch_error_file.unlink(missing_ok=True)
             print(f"hotpod: serving launch {spec.get('launch_id')}", flush=True)
             return {"reloaded": True, "restarting": False, **done}
+
+    async def _ray_node(self, dist: Any, emit: Callable[[str], None]) -> None:
+        """Start (or re-form) the pod's Ray node for a ``"ray"`` pool; stop it for another."""
+        from hotpod.runtime import raynode
+
+        root = self.state.root
+        loop = asyncio.get_running_loop()
+        if isinstance(dist, dict) and dist.get("kind") == "ray":
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            try:
+                await loop.run_in_executor(None, raynode.ensure, root, dict(os.environ), emit)
+            except raynode.RayNodeError as exc:
+                raise LoadError("ray", str(exc), exc.tail) from None
+        elif raynode.running(root):
+            await loop.run_in_executor(None, raynode.stop, root)
 
     async def _launch_app(
         self, spec: dict[str, Any], current: Loaded | None, workdir: Path | None

@@ -8,7 +8,10 @@ A worker asks to be replaced (SIGUSR1 to the supervisor) when a setup step chang
 has imported: the supervisor starts a successor on the same socket, and only when the successor
 says it is ready (a byte on its ready pipe) does the old worker get SIGTERM and drain. Calls keep
 being served by the old worker until then: no failed calls during the swap. SIGTERM stops the
-workers gracefully, then the supervisor. Kept to the standard library so it starts fast.
+workers gracefully, then the supervisor. SIGUSR2 (a distributed pool re-forms, or a caller asked
+for fresh workers) kills the worker at once, since it may be stuck in a collective that will never
+finish, and starts a new one that loads the same launch. Kept to the standard library so it
+starts fast.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class Supervisor:
         self.retiring: list[Worker] = []
         self.stopping = False
         self.replace = False
+        self.kill_replace = False  # SIGUSR2: kill the worker, then start a fresh one
         self.backoff = MIN_BACKOFF
         self.restart_at: float | None = 0.0  # start the first worker at once
 
@@ -180,6 +184,19 @@ class Supervisor:
             self.restart_at = now + self.backoff
             self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
+    def _kill_and_replace(self) -> None:
+        """Kill the serving worker (and a successor still loading) and start a fresh one."""
+        for worker in (self.current, self.successor):
+            if worker is not None:
+                _log(f"killing worker {worker.proc.pid} for a fresh one")
+                worker.proc.kill()
+                worker.proc.wait()
+                self._forget(worker)
+        self.successor = None
+        self.current = self._start()
+        self.restart_at = None
+        self.backoff = MIN_BACKOFF
+
     def run(self) -> int:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -190,10 +207,12 @@ class Supervisor:
         def on_signal(signum: int, _frame: object) -> None:
             if signum == signal.SIGUSR1:
                 self.replace = True
+            elif signum == signal.SIGUSR2:
+                self.kill_replace = True
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.stopping = True
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, on_signal)
 
         stop_deadline: float | None = None
@@ -217,6 +236,9 @@ class Supervisor:
             elif self.current is None and self.restart_at is not None and now >= self.restart_at:
                 self.current = self._start()
                 self.restart_at = None
+            if self.kill_replace and not self.stopping:
+                self.kill_replace = False
+                self._kill_and_replace()
             if self.replace and not self.stopping:
                 self.replace = False
                 if self.successor is None and self.current is not None:
