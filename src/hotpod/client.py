@@ -1,7 +1,9 @@
 """Calls from the client to the pods of a service, over HTTP.
 
 One keep-alive connection pool per handle; a call to one pod runs in the caller's thread, a
-broadcast runs one thread per pod (the async twin is :mod:`hotpod.aioclient`). When the pod
+broadcast writes every request from it and reads the answers as they come (:mod:`hotpod.fanout`;
+a collective pool's, watched for a lost pod, runs one thread per pod; the async twin is
+:mod:`hotpod.aioclient`). When the pod
 answers with a stream (the function is a generator), the call returns an iterator of its items
 as they arrive (:mod:`hotpod.answers`). Log lines the pods stream back are printed as they
 arrive, each prefixed with its pod's name. Transport errors are translated here, at the boundary, into
@@ -14,14 +16,14 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
-from hotpod import transport, wire
+from hotpod import fanout, transport, wire
 from hotpod.answers import (
     AnswerReader,
     Stream,
@@ -57,7 +59,9 @@ class CallOptions:
     ``stream_logs``: print the call's output here as it happens; ``debug_rank``: with several
     pods, only this rank stops at ``breakpoint()`` (the others skip theirs); ``post_mortem``: a
     debugger session on the frame that raised when the call fails; ``debugger``: ``"pdb"`` (in
-    this terminal, or ``hotpod debug``) or ``"debugpy"`` (an IDE attaches).
+    this terminal, or ``hotpod debug``) or ``"debugpy"`` (an IDE attaches); ``workers``: which
+    pods a call goes to (``None``: all; ``"ready"``: those running and ready; a list of ranks);
+    ``restart``: give those pods fresh worker processes before the call.
     """
 
     timeout: float | None = None
@@ -66,6 +70,8 @@ class CallOptions:
     debug_rank: int | None = None
     post_mortem: bool = False
     debugger: str = "pdb"
+    workers: str | tuple[int, ...] | None = None
+    restart: bool = False
 
     def debug_header(self) -> str | None:
         """The X-Hotpod-Debug value, or None when every option is at its default."""
@@ -106,6 +112,20 @@ class CallOptions:
             raise SpecError(f"post_mortem={self.post_mortem!r}: expected True or False")
         if self.debugger not in ("pdb", "debugpy"):
             raise SpecError(f"debugger={self.debugger!r}: expected 'pdb' or 'debugpy'")
+        if isinstance(self.workers, (list, tuple)):
+            ranks = tuple(self.workers)
+            valid = all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks)
+            if not ranks or len(set(ranks)) != len(ranks) or not valid:
+                raise SpecError(
+                    f"workers={self.workers!r}: expected distinct ranks (ints >= 0) like [0, 2]"
+                )
+            object.__setattr__(self, "workers", ranks)
+        elif self.workers not in (None, "ready"):
+            raise SpecError(
+                f"workers={self.workers!r}: expected None (every pod), 'ready' or a list of ranks"
+            )
+        if not isinstance(self.restart, bool):
+            raise SpecError(f"restart={self.restart!r}: expected True or False")
 
 
 class PodClient:
@@ -135,7 +155,9 @@ class PodClient:
         self._http = httpx.Client(
             headers=self._headers,
             timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None, write=None, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            transport=transport.httpx_transport(  # (pods behind a proxy: transport.Route)
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)
+            ),
         )
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -156,17 +178,28 @@ class PodClient:
         return self._call(pod, method, body, ctype, opts)
 
     def broadcast(
-        self, pods: Sequence[PodInfo], method: str, args: tuple, kwargs: dict, opts: CallOptions
+        self,
+        pods: Sequence[PodInfo],
+        method: str,
+        args: tuple,
+        kwargs: dict,
+        opts: CallOptions,
+        watch: Callable[[Sequence[Future[Any]]], None] | None = None,
     ) -> list[Any]:
-        """Call every pod at once; results in rank order."""
+        """Call every pod at once; results in rank order. ``watch``, given the calls' futures
+        while they run, may raise to fail the call early (a distributed pool losing a pod)."""
         body, ctype = wire.encode_request(args, kwargs, opts.serialization)
         if len(pods) == 1:
             return [self._call(pods[0], method, body, ctype, opts)]
         request_id = uuid.uuid4().hex  # one id for the call on every pod: one 'logs --request'
+        if watch is None:  # requests written here, answers read as they come (``fanout``)
+            return fanout.broadcast(self, pods, method, body, ctype, opts, request_id)
         futures = [
             self.executor(len(pods)).submit(self._call, p, method, body, ctype, opts, request_id)
             for p in pods
         ]
+        if watch is not None:
+            watch(futures)
         results: list[Any] = [None] * len(pods)
         errors: dict[int, BaseException] = {}
         for i, fut in enumerate(futures):
@@ -224,6 +257,18 @@ class PodClient:
             except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
                 time.sleep(self.retry_delay(exc, retried, what, pod, opts, start, deadline))
                 retried = retried or isinstance(exc, transport.Broken)
+        return self._answer(pod, method, resp, deadline, what, opts)
+
+    def _answer(
+        self,
+        pod: PodInfo,
+        method: str,
+        resp: transport.Response,
+        deadline: float | None,
+        what: str,
+        opts: CallOptions,
+    ) -> Any:
+        """The result of a call whose answer's head has arrived, or its error raised."""
         try:
             if resp.status != 200:
                 data = resp.read()

@@ -1,10 +1,10 @@
 """The pod's Prometheus metrics, served at ``GET /metrics`` in the text exposition format.
 
 Each pod keeps its own :class:`~prometheus_client.CollectorRegistry` (nothing global, so several
-pods can live in one process, as they do in tests). The call metrics are plain numbers that the
-server's event loop thread updates (every call ends there, every scrape is answered there) and
-a collector turns into metric families when scraped: a call pays about half a microsecond, with
-no lock. The rest (launches, setup steps, which run in other threads) are prometheus_client's
+pods can live in one process, as they do in tests). The call metrics are plain numbers under
+one lock, updated where a call ends (the event loop thread, or a call thread for the fast path
+of ``fastcall``), that a collector turns into metric families when scraped: a call pays about a
+microsecond. The rest (launches, setup steps, which run in other threads) are prometheus_client's
 own thread-safe metrics.
 
 Metrics (every name starts with ``hotpod_``)::
@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,16 +95,33 @@ class _Method:
         self.buckets = [0] * len(CALL_BUCKETS)  # per bucket, not cumulative
 
 
-class _CallCollector(Collector):
-    """The call metrics. The server updates them on its event loop thread only (calls end
-    there, and scrapes are answered there), so a call costs a few additions, no lock."""
+def _copy(m: _Method) -> _Method:
+    c = _Method()
+    c.ok, c.errors, c.total_seconds, c.buckets = m.ok, m.errors, m.total_seconds, list(m.buckets)
+    return c
 
-    def __init__(self) -> None:
+
+class _CallCollector(Collector):
+    """The call metrics, plain numbers under one lock: most calls end on the server's event
+    loop thread, fast-path calls on their call thread (``fastcall``); a call costs a few
+    additions and an uncontended lock."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
         self.methods: dict[str, _Method] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.in_flight = 0
 
     def collect(self) -> Iterator[Metric]:
+        with self.lock:  # a consistent copy: call threads may end calls meanwhile
+            methods = {n: _copy(m) for n, m in self.methods.items()}
+            errors = dict(self.errors)
+            in_flight = self.in_flight
+        return self._families(methods, errors, in_flight)
+
+    def _families(
+        self, methods: dict[str, _Method], counts: dict[tuple[str, str], int], in_flight: int
+    ) -> Iterator[Metric]:
         calls = CounterMetricFamily(
             "hotpod_calls",
             "Calls that ran the service's code, by method and outcome (ok, error).",
@@ -114,7 +132,7 @@ class _CallCollector(Collector):
             "Time from a call's request to its result, by method.",
             labels=["method"],
         )
-        for name, m in sorted(self.methods.items()):
+        for name, m in sorted(methods.items()):
             calls.add_metric([name, "ok"], m.ok)
             calls.add_metric([name, "error"], m.errors)
             cumulative, buckets = 0, []
@@ -127,12 +145,12 @@ class _CallCollector(Collector):
             "Calls whose code raised, by method and exception type.",
             labels=["method", "exception"],
         )
-        for (name, exc), count in sorted(self.errors.items()):
+        for (name, exc), count in sorted(counts.items()):
             errors.add_metric([name, exc], count)
         yield calls
         yield duration
         yield errors
-        yield GaugeMetricFamily("hotpod_calls_in_flight", "Calls running now.", self.in_flight)
+        yield GaugeMetricFamily("hotpod_calls_in_flight", "Calls running now.", in_flight)
 
 
 class PodMetrics:
@@ -141,7 +159,8 @@ class PodMetrics:
     def __init__(self, service: str, pod: str, rank: int) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.service, self.pod, self.rank = service, pod, rank
-        self._call_stats = _CallCollector()
+        self._call_lock = threading.Lock()  # call threads end fast-path calls (``fastcall``)
+        self._call_stats = _CallCollector(self._call_lock)
         registry.register(self._call_stats)
         self._rejected = Counter(
             "hotpod_requests_rejected",
@@ -189,11 +208,28 @@ class PodMetrics:
     # -- calls (on the server's event loop thread only) -------------------------------------
 
     def call_started(self) -> None:
-        self._call_stats.in_flight += 1
+        with self._call_lock:
+            self._call_stats.in_flight += 1
 
-    def call_done(self, method: str, started: float, error: str | None) -> None:
+    def call_abandoned(self) -> None:
+        """A call counted as started that did not start after all."""
+        with self._call_lock:
+            self._call_stats.in_flight -= 1
+
+    def call_done_threadsafe(self, method: str, started: float, error: str | None) -> None:
+        """``call_done`` from a call thread (the fast path ends its calls there)."""
+        with self._call_lock:
+            self.call_done(method, started, error, locked=True)
+
+    def call_done(
+        self, method: str, started: float, error: str | None, locked: bool = False
+    ) -> None:
         """A call of ``method`` (``""``: the function) that began at ``started``
         (``time.perf_counter()``) ended; ``error`` is the exception type it raised, if any."""
+        if not locked:
+            with self._call_lock:
+                self.call_done(method, started, error, locked=True)
+            return
         seconds = time.perf_counter() - started
         stats = self._call_stats
         stats.in_flight -= 1

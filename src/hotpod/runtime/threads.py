@@ -34,6 +34,14 @@ class CallThreads:
             if item is _STOP:
                 return
             loop, future, ctx, fn, args = item
+            if loop is None:  # ``submit``: the function ends the call itself
+                try:
+                    ctx.run(fn, *args)
+                except BaseException:
+                    pass
+                with self._lock:
+                    self._idle += 1
+                continue
             done: Callable[[asyncio.Future[Any], Any], None]
             try:
                 result = ctx.run(fn, *args)
@@ -65,6 +73,23 @@ class CallThreads:
                     ).start()
             self._queue.put((loop, future, contextvars.copy_context(), fn, args))
             return await future
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on an idle thread, or a new one while fewer than ``limit`` run,
+        in an empty context, with no result handed back (``fn`` ends its call itself): one
+        hand-off instead of two. False when every thread is busy (use ``run``, which waits)."""
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+            elif self._threads < self.limit:
+                self._threads += 1
+                threading.Thread(
+                    target=self._worker, name=f"{self.name}-{self._threads}", daemon=True
+                ).start()
+            else:
+                return False
+        self._queue.put((None, None, contextvars.Context(), fn, args))
+        return True
 
     def shutdown(self) -> None:
         with self._lock:

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from hotpod.runtime import debug, logs
     from hotpod.runtime.app import PodApp, PodState
+    from hotpod.runtime.fastcall import protocol_factory
     from hotpod.runtime.setup import activate
     from hotpod.store import LocalStore
 
@@ -98,8 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         request_restart=_ask_for_successor if opts.parent_fd is not None else None,
     )
     sock = socket.socket(fileno=opts.fd)
+    app = PodApp(state, _ready_reporter(opts.ready_fd))
     config = uvicorn.Config(
-        PodApp(state, _ready_reporter(opts.ready_fd)),
+        app,
+        http=protocol_factory(app),  # type: ignore[arg-type]  # plain calls skip ASGI
+        loop="uvloop",
+        proxy_headers=False,
         lifespan="on",
         access_log=False,
         log_level="warning",
