@@ -2,18 +2,20 @@
 
 A thread per pod costs the client more CPU than the pods spend on a trivial call (a hand-off to
 each thread and back, each thread's own connection), and on a machine with fewer cores than pods
-that CPU delays the pods. Here every request is written first, one ``sendall`` each, then the
-answers are read with ``select`` as they arrive, and an answer that is complete once read is
-decoded in the caller's thread. An answer still coming when its head arrived (log lines, a
-stream, a large result) is read to its end on the client's thread pool, as a call to one pod is;
-so is the whole call of a pod reached through a proxy (TLS), of a pod whose connection broke
-before, and of a pod that refused the connection or closed it unread (those are retried there).
+that CPU delays the pods. Here the request is encoded once (only its ``Host`` line differs
+between pods), written to every pod first, one ``sendall`` each, then the answers are read with
+``poll`` as they arrive, and an answer that is complete once read is decoded in the caller's
+thread (one JSON result frame, the common case, at once). An answer still coming when its head
+arrived (log lines, a stream, a large result) is read to its end on the client's thread pool, as
+a call to one pod is; so is the whole call of a pod reached through a proxy (TLS), of a pod
+whose connection broke before, and of a pod that refused the connection or closed it unread
+(those are retried there).
 """
 
 from __future__ import annotations
 
+import json
 import select
-import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -25,18 +27,19 @@ from hotpod.backends.base import PodInfo
 if TYPE_CHECKING:
     from hotpod.client import CallOptions, PodClient
 
+_READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
+
 
 class _Pending:
     """One pod's request, written; its answer's head not yet read."""
 
-    __slots__ = ("i", "pod", "resp", "sent", "what")
+    __slots__ = ("i", "pod", "resp", "sent")
 
-    def __init__(self, i: int, pod: PodInfo, resp: transport.Response, what: str) -> None:
+    def __init__(self, i: int, pod: PodInfo, resp: transport.Response, sent: float) -> None:
         self.i = i
         self.pod = pod
         self.resp = resp
-        self.what = what
-        self.sent = time.monotonic()
+        self.sent = sent
 
 
 def broadcast(
@@ -52,7 +55,7 @@ def broadcast(
     results: list[Any] = [None] * len(pods)
     errors: dict[int, BaseException] = {}
     later: dict[int, Future[Any]] = {}  # calls finished (or made) on the thread pool
-    pending: dict[socket.socket, _Pending] = {}
+    pending: dict[int, _Pending] = {}  # by socket descriptor
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
     def on_pool(i: int) -> None:
@@ -60,48 +63,58 @@ def broadcast(
             client._call, pods[i], method, body, ctype, opts, request_id
         )
 
+    def what(pod: PodInfo) -> str:  # (only for errors)
+        return client.call_setup(pod, method, ctype, opts, request_id)[4]
+
+    # one request for every pod: same path, headers and body (only Host differs)
+    path, headers, _, _, _ = client.call_setup(pods[0], method, ctype, opts, request_id)
+    request = transport.Request(headers, body)
+    tr = client._transport
+    poller = select.poll()
     try:
         for i, pod in enumerate(pods):
-            sent = _send(client, pod, method, body, ctype, opts, request_id, deadline)
-            if sent is None:
+            if pod.name in client._suspect or transport.target(pod.url, path)[3] is not None:
+                on_pool(i)  # it waits for a pod coming back; a proxy's TLS: not with poll
+                continue
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            try:
+                resp = tr.send(pod.url, path, request, timeout)
+            except transport.Unreachable:  # nothing answered: made on the pool, which retries
                 on_pool(i)
-            else:
-                pending[sent[0].sock] = _Pending(i, pod, sent[1], sent[2])
+                continue
+            fd = resp.fileno()
+            pending[fd] = _Pending(i, pod, resp, time.monotonic())
+            poller.register(fd, _READABLE)
         while pending:
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                for p in pending.values():
-                    p.resp.abandon()
-                    errors[p.i] = client._timeout(p.what, opts)
-                pending.clear()
-                break
-            readable, _, _ = select.select(list(pending), [], [], timeout)
-            for sock in readable:
-                p = pending[sock]
+            timeout_ms = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for p in pending.values():
+                        p.resp.abandon()
+                        errors[p.i] = client._timeout(what(p.pod), opts)
+                    pending.clear()
+                    break
+                timeout_ms = max(int(left * 1000), 1)
+            for fd, _ in poller.poll(timeout_ms):
+                p = pending[fd]
                 try:
-                    p.resp._feed()  # readable: this recv does not wait
+                    if not p.resp.poll():  # readable: this recv does not wait
+                        continue
                 except (transport.Broken, transport.TimedOut) as exc:
-                    del pending[sock]
+                    del pending[fd]
+                    poller.unregister(fd)
                     unread = not p.resp.received and (
                         time.monotonic() - p.sent < transport.IDLE_CLOSE_WINDOW
                     )
                     if unread and isinstance(exc, transport.Broken):  # closed while idle
                         on_pool(p.i)
                     else:
-                        errors[p.i] = client._broken(p.what, p.pod, exc)
+                        errors[p.i] = client._broken(what(p.pod), p.pod, exc)
                     continue
-                if not p.resp._headers_done:
-                    continue
-                del pending[sock]
-                if p.resp.complete or p.resp.status != 200:
-                    try:
-                        results[p.i] = client._answer(p.pod, method, p.resp, deadline, p.what, opts)
-                    except Exception as exc:
-                        errors[p.i] = exc
-                else:  # still coming: read on as a call to one pod does
-                    later[p.i] = client.executor(len(pods)).submit(
-                        client._answer, p.pod, method, p.resp, deadline, p.what, opts
-                    )
+                del pending[fd]
+                poller.unregister(fd)
+                _done(client, p, method, deadline, opts, results, errors, later, len(pods), what)
     except BaseException:
         for p in pending.values():  # interrupted: those connections are mid-answer
             p.resp.abandon()
@@ -114,41 +127,39 @@ def broadcast(
     return client.gathered(pods, results, errors)
 
 
-def _send(
+def _done(
     client: PodClient,
-    pod: PodInfo,
+    p: _Pending,
     method: str,
-    body: wire.Body,
-    ctype: str,
-    opts: CallOptions,
-    request_id: str,
     deadline: float | None,
-) -> tuple[Any, transport.Response, str] | None:
-    """Write one pod's request on a pooled direct connection: (connection, response, what);
-    None when the call must be made on the thread pool instead (it waits, retries or proxies)."""
-    if pod.name in client._suspect:
-        return None
-    path, headers, _, _, what = client.call_setup(pod, method, ctype, opts, request_id)
-    host, port, path, route = transport.target(pod.url, path)
-    if route is not None:
-        return None
-    tr = client._transport
-    try:
-        conn = tr._connection(host, port)
-    except transport.Unreachable:
-        return None
-    idle = tr._idle()
-
-    def release(c: Any) -> None:
-        if idle.setdefault((host, port), c) is not c:
-            c.close()
-
-    resp = transport.Response(conn, release)
-    try:
-        conn.sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
-        for buffer in transport.request_buffers(path, conn.host, headers, body):
-            conn.sock.sendall(buffer)
-    except OSError:  # nothing of the answer read: sending again is safe
-        conn.close()
-        return None
-    return conn, resp, what
+    opts: CallOptions,
+    results: list[Any],
+    errors: dict[int, BaseException],
+    later: dict[int, Future[Any]],
+    n: int,
+    what: Any,
+) -> None:
+    """A pod's answer head arrived: its result (a whole answer that is one JSON result frame
+    is decoded here at once), or its answer read on as a call to one pod reads it."""
+    resp = p.resp
+    if resp.complete and resp.status == 200:
+        data = resp.peek()
+        if data[:1] == wire.FRAME_JSON and len(data) - wire.HEAD_SIZE == int.from_bytes(
+            data[1 : wire.HEAD_SIZE], "big"
+        ):
+            try:
+                results[p.i] = json.loads(data[wire.HEAD_SIZE :].decode())
+            except ValueError:
+                pass
+            else:
+                resp.read()  # (already read: the connection goes back to the pool)
+                return
+    if resp.complete or resp.status != 200:
+        try:
+            results[p.i] = client._answer(p.pod, method, resp, deadline, what(p.pod), opts)
+        except Exception as exc:
+            errors[p.i] = exc
+    else:  # still coming: read on as a call to one pod does
+        later[p.i] = client.executor(n).submit(
+            client._answer, p.pod, method, resp, deadline, what(p.pod), opts
+        )

@@ -262,6 +262,30 @@ def request_buffers(
     return [request_head(path, host, headers, len(body)) + body]
 
 
+class Request:
+    """A POST of ``body`` with ``headers``, encoded once and sent to any number of pods
+    (:meth:`Transport.send`): only the request line and ``Host`` differ between them."""
+
+    __slots__ = ("_rest", "body", "headers")
+
+    def __init__(self, headers: dict[str, str], body: Body) -> None:
+        self.headers = headers
+        self.body = body
+        size = body.nbytes if isinstance(body, Parts) else len(body)
+        lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
+        lines.append(f"Content-Length: {size}\r\n\r\n".encode())
+        self._rest = b"".join(lines)
+
+    def buffers(self, path: str, host: bytes) -> list[bytes | bytearray | memoryview]:
+        """What to write: as ``request_buffers`` does."""
+        head = b"".join(
+            (b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host, b"\r\n", self._rest)
+        )
+        if isinstance(self.body, Parts):
+            return coalesce([head, self.body])
+        return [head + self.body]
+
+
 class Response(ResponseHead):
     """A response being read; ``chunks()`` yields body bytes as they arrive."""
 
@@ -289,6 +313,28 @@ class Response(ResponseHead):
             raise Broken("the server closed the connection")
         self.received = True
         return got
+
+    def fileno(self) -> int:
+        """The connection's socket, to wait for the answer with ``select``/``poll``."""
+        return self._conn.sock.fileno()
+
+    @property
+    def head_received(self) -> bool:
+        """The answer's status line and headers have arrived."""
+        return self._headers_done
+
+    def poll(self) -> bool:
+        """Take what the socket holds (call it when the socket is readable: one ``recv``,
+        which then does not wait); True once the head has arrived. Raises ``Broken`` (the
+        connection ended or failed) and ``TimedOut``; both drop the connection."""
+        self._feed()
+        return self._headers_done
+
+    def peek(self) -> bytes:
+        """The body read so far, joined; it is still there for ``read``/``chunks``."""
+        if len(self._body) != 1:
+            self._body = [b"".join(self._body)]
+        return self._body[0]
 
     def _feed(self) -> None:
         data = self._read(lambda: self._conn.sock.recv(65536))
@@ -415,6 +461,33 @@ class Transport:
             conn.close()
             raise
         return resp
+
+    def send(self, url: str, path: str, request: Request, timeout: float | None) -> Response:
+        """Write ``request`` to the pod at ``url`` (a direct one: no route) on this thread's
+        keep-alive connection to it, and return its response without waiting for an answer:
+        wait for the socket (``Response.fileno``), then ``Response.poll``. Raises
+        ``Unreachable`` when connecting or writing failed: no answer was read and the pod
+        cannot have read the whole request, so sending it again is safe."""
+        host, port, path, route = target(url, path)
+        if route is not None:
+            raise Unreachable(f"{url} is reached through a proxy: use request()")
+        conn = self._connection(host, port)
+        idle = self._idle()
+
+        def release(c: _Conn) -> None:
+            if idle.setdefault((host, port), c) is not c:
+                c.close()
+
+        sock = conn.sock
+        try:
+            if sock.gettimeout() != timeout:  # (each settimeout costs two system calls)
+                sock.settimeout(timeout)
+            for buffer in request.buffers(path, conn.host):
+                sock.sendall(buffer)
+        except OSError as exc:
+            conn.close()
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        return Response(conn, release)
 
     def close(self) -> None:
         """Close every connection, of every thread."""

@@ -3,52 +3,44 @@
 A call to a plain sync function or method (not a generator, not ``async def``), with a small
 body, no log streaming and no debugger options, is most of a pod's traffic, and on a trivial call
 the pod's CPU went mostly to layers around it: uvicorn's request cycle and task, the ASGI
-messages, the call path's tasks and queues, and two thread hand-offs (to the call thread and
-back to the event loop). Here the event loop parses the request (httptools, as uvicorn does),
-checks it, and hands it to a call thread, which runs the code and writes the whole answer (head
-and body, one ``write``) itself, on its own duplicate of the connection's descriptor: one hand-off
-per call, and the descriptor cannot be reused by another connection meanwhile.
+messages, the call path's tasks and queues, and the hand-offs between the event loop and the
+call thread (each costs more CPU than a trivial call itself).
 
-Everything else, and every request this path does not accept as it is (a bad token, a bad
-body, a pod not loaded yet...), is replayed through uvicorn's ordinary cycle into ``PodApp``,
-which answers it as before (4xx with a message and so on). A request that arrives on the same
-connection while a fast call runs waits for it (uvicorn's pipelining queue). A function that
-returned a generator is streamed by ``PodApp`` from the event loop, and is not taken here again.
+So the connection that carries such a call is handed to a call thread of its own: the event loop
+parses the first call (httptools, as uvicorn does), checks it, stops reading the connection and
+hands it over. That thread runs the call, writes its answer (head and body, one ``sendall``) on
+its own duplicate of the connection's descriptor, set blocking, and then reads the connection's
+next requests itself (httptools again, for the head) and runs those that qualify inline: no
+event loop, no hand-off per call (:mod:`hotpod.runtime.fastconn`). A request that does not
+qualify, a connection idle for ``fastconn.IDLE_HANDBACK`` seconds, and a function that returned
+a generator (streamed from the event loop) give the connection back to the event loop, with the
+bytes read so far, and it reads the connection again. The connection's close and the server's
+graceful shutdown (a successor worker, SIGTERM) end the thread: a call in progress finishes and
+is answered, then the connection closes.
+
+Every request this path does not accept as it is (a bad token, a bad body, a pod not loaded
+yet...) is replayed through uvicorn's ordinary cycle into ``PodApp``, which answers it as before
+(4xx with a message and so on). When every call thread is busy, a call takes the ordinary path
+(which waits for one). Two requests pipelined in one read: the first runs on a call thread that
+writes its answer and returns (no hand-over); the second waits for it in uvicorn's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import inspect
 import os
+import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from hotpod import wire
-from hotpod.errors import ProtocolError
-from hotpod.runtime import debug, logs
+from hotpod.runtime import fastconn
 from hotpod.runtime.app import PodApp
 from hotpod.runtime.asgi import Receive, Scope, Send
-
-#: the largest request body taken on the fast path (larger ones: the ordinary path)
-MAX_FAST_BODY = 1 << 20
-#: an answer at most this large is written by the call thread; larger ones by the event loop
-MAX_DIRECT_ANSWER = 1 << 18
-_ORDINARY = (b"transfer-encoding", b"x-hotpod-debug", b"x-hotpod-stream-logs")
-_ACCEPT = {b"auto": "auto", b"json": "json", b"pickle": "pickle"}
-_CTYPES = (wire.CT_JSON.encode(), wire.CT_PICKLE.encode())
-_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: "
-    + wire.CT_FRAMES.encode()
-    + b"\r\nx-hotpod-protocol: "
-    + wire.PROTOCOL_VERSION.encode()
-    + b"\r\ncontent-length: "
-)
+from hotpod.runtime.fastconn import MAX_DIRECT_ANSWER, Call, Conn, answer_head
 
 
 class _Event:
@@ -75,6 +67,8 @@ class PodProtocol(HttpToolsProtocol):
         self.pod_app = pod_app
         self._fast_lock = threading.Lock()
         self._fast: list[bytes] | None = None  # the body of the fast call being read
+        self._pending: Call | None = None  # a fast call read in this data_received
+        self._owner: Conn | None = None  # the connection thread that has the connection
         self._fd = -1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -84,36 +78,28 @@ class PodProtocol(HttpToolsProtocol):
 
     # -- parser callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._pending is not None:  # pipelined behind a fast call: that call runs alone
+            call, self._pending = self._pending, None
+            self._run_once(call)
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
-        url = self.url
         if (
             self._fd >= 0
-            and (url == b"/call" or url.startswith(b"/call/"))
-            and b"?" not in url
-            and b"%" not in url
-            and self.parser.get_method() == b"POST"
-            and self.parser.get_http_version() == "1.1"
-            and self.parser.should_keep_alive()
-            and not self.parser.should_upgrade()
             and (self.cycle is None or self.cycle.response_complete)
-            and self._small_body()
+            and fastconn.fast_head(
+                self.url,
+                self.parser,
+                self.headers,
+                self.pod_app.state.max_body,
+            )
+            is not None
         ):
             self._fast = []
             return
         with self._fast_lock:  # (a fast call ending now must see this request queued)
             super().on_headers_complete()
-
-    def _small_body(self) -> bool:
-        """A declared length within the pod's limit and ``MAX_FAST_BODY`` (not chunked), and
-        neither log streaming nor debugger options asked for (those take the ordinary path)."""
-        length = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = value
-            elif name in _ORDINARY and (name != b"x-hotpod-stream-logs" or value == b"1"):
-                return False
-        limit = min(MAX_FAST_BODY, self.pod_app.state.max_body)
-        return length is not None and length.isdigit() and int(length) <= limit
 
     def on_body(self, body: bytes) -> None:
         if self._fast is None:
@@ -127,8 +113,13 @@ class PodProtocol(HttpToolsProtocol):
             return
         body = b"".join(self._fast)
         self._fast = None
-        if not self._dispatch(body):
+        call = fastconn.accept(self.pod_app.state, self.url, self.headers, body)
+        if call is None or not self.pod_app.state.pool().can_submit():
             self._replay(body)
+            return
+        call.scope = self.scope  # type: ignore[assignment]
+        self._pending = call  # handed over once this read is parsed (see data_received)
+        self.cycle = _FastCycle()  # type: ignore[assignment]  # (queues what is pipelined)
 
     def _replay(self, body: bytes) -> None:
         """Hand the request just read to uvicorn's ordinary cycle (and so to ``PodApp``)."""
@@ -138,111 +129,83 @@ class PodProtocol(HttpToolsProtocol):
             super().on_body(body)
         super().on_message_complete()
 
-    # -- the fast path ----------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        call, self._pending = self._pending, None
+        if call is not None:
+            self._hand_over(call)
 
-    def _dispatch(self, body: bytes) -> bool:
-        """Start the call on a call thread; False when the ordinary path must answer it."""
-        app = self.pod_app
-        st = app.state
-        headers = dict(self.headers)
-        if (
-            headers.get(b"x-hotpod-protocol") != wire.PROTOCOL_VERSION.encode()
-            or b"x-hotpod-debug" in headers
-            or headers.get(b"x-hotpod-stream-logs", b"0") == b"1"
-            or headers.get(b"content-type") not in _CTYPES
-            or not _authorized(headers, st.token)
-        ):
-            return False
-        accept = _ACCEPT.get(headers.get(b"x-hotpod-accept", b"auto"))
-        loaded = st.loaded
-        if accept is None or loaded is None:
-            return False
-        method = self.url[len(b"/call/") :].decode("ascii") if self.url != b"/call" else ""
-        try:
-            target, _ = loaded.resolve(method)
-        except LookupError:
-            return False
-        if target is None or not _plain_sync(target):
-            return False
-        try:
-            args, kwargs = wire.decode_request(body, headers[b"content-type"].decode())
-        except ProtocolError:
-            return False
-        pool = st.pool()
-        rid = headers.get(b"x-hotpod-request-id")
-        request_id = rid.decode("latin-1") if rid else os.urandom(16).hex()
+    # -- the connection thread --------------------------------------------------------------
+
+    def _hand_over(self, call: Call) -> None:
+        """Stop reading the connection and give it to a call thread, which runs ``call``."""
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.pause_reading()
+        sock = socket.socket(fileno=os.dup(self._fd))
+        sock.setblocking(True)  # (the flag is the connection's: the loop reads none of it now)
+        conn = Conn(sock, self.loop, self.pod_app, self._take_back)
+        self._owner = conn
+        if not self.pod_app.state.pool().submit(conn.serve, call):  # (checked: cannot fail)
+            self._owner = None
+            conn.release()
+            self._take_back(b"", None, True)
+
+    def _take_back(self, data: bytes, stream: tuple[Any, ...] | None, close: bool) -> None:
+        """On the event loop: the connection thread ended; read the connection again, fed
+        ``data`` (what it read of the next request) first; ``stream``: a generator to stream."""
+        owner, self._owner = self._owner, None
+        if self.transport.is_closing():
+            return
+        if close:
+            self.transport.close()
+            return
         cycle = _FastCycle()
+        cycle.response_complete = True
         self.cycle = cycle  # type: ignore[assignment]
-        fd = os.dup(self._fd)
-        started = time.perf_counter()
-        st.metrics.call_started()
-        scope = self.scope
-        scope["method"], scope["path"] = "POST", self.url.decode("ascii")
-        work = (target, args, kwargs, accept, request_id, cycle, fd, method, started, scope)
-        if not pool.submit(self._run, work):
-            os.close(fd)
-            st.metrics.call_abandoned()
+        if stream is not None:
+            cycle.response_complete = False
+            items, accept, log, scope = stream
+            self._stream(items, accept, log, scope, cycle)
+        elif owner is not None and owner.closing:  # shutting down: no further request
+            self.transport.close()
+            return
+        else:
             self.cycle = None  # type: ignore[assignment]
-            return False
-        if self.timeout_keep_alive_task is None:
+        self.flow.resume_reading()
+        if data:
+            self.data_received(data)
+        elif self.cycle is None and self.timeout_keep_alive_task is None:
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
-        return True
 
-    def _run(self, work: tuple[Any, ...]) -> None:
-        """On a call thread: run the code, write the answer, end the call."""
+    # -- a call on a call thread that answers and returns (pipelined requests) ---------------
+
+    def _run_once(self, call: Call) -> None:
+        cycle = self.cycle
+        fd = os.dup(self._fd)
+        if not self.pod_app.state.pool().submit(self._once, call, fd, cycle):
+            os.close(fd)
+            self.transport.close()
+
+    def _once(self, call: Call, fd: int, cycle: _FastCycle) -> None:
         try:
-            self._call(*work)
+            out = fastconn.execute(self.pod_app, call)
         except BaseException:  # the runtime's own failure: end the connection, never hang it
+            os.close(fd)
             self.loop.call_soon_threadsafe(self.transport.close)
             raise
-
-    def _call(
-        self,
-        target: Callable[..., Any],
-        args: list,
-        kwargs: dict,
-        accept: str,
-        request_id: str,
-        cycle: _FastCycle,
-        fd: int,
-        method: str,
-        started: float,
-        scope: Scope,
-    ) -> None:
-        app = self.pod_app
-        st = app.state
-        log = logs.CallLog(request_id, st.pod_log, None, None, st.pod, st.rank)
-        token = logs.current_call.set(log)
-        dbg = debug.current.set(
-            debug.CallDebug(
-                debug.DebugOptions.parse(None),
-                lambda _info, line: log.write("stderr", f"hotpod: {line}\n"),
-                request_id,
-                streaming=False,
-            )
-        )
-        try:
-            out = app._run_sync(target, args, kwargs, accept, log)
-        except BaseException as exc:  # the runtime's own failure: the answer must still end
-            out = app._error_frames(exc)
-        finally:
-            debug.current.reset(dbg)
-            logs.current_call.reset(token)
         if not isinstance(out, (bytes, wire.Parts)):  # it returned a generator: stream it
-            _not_plain.add(getattr(target, "__func__", target))
-            st.metrics.call_done_threadsafe(method, started, None)
             os.close(fd)
-            self.loop.call_soon_threadsafe(self._stream, out, accept, log, cycle, scope)
+            self.loop.call_soon_threadsafe(self._stream, *out, cycle)
             return
-        error = _error_type(out)
-        st.metrics.call_done_threadsafe(method, started, error)
         self._answer(out, fd, cycle)
 
     def _answer(self, out: wire.Body, fd: int, cycle: _FastCycle) -> None:
         size = out.nbytes if isinstance(out, wire.Parts) else len(out)
-        head = _HEAD + str(size).encode() + b"\r\n\r\n"
+        head = answer_head(size)
         rest: list[bytes | bytearray | memoryview] = []
         try:
             if isinstance(out, bytes) and size <= MAX_DIRECT_ANSWER:
@@ -283,9 +246,7 @@ class PodProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
             self._start_asgi_task(cycle_, app)
 
-    def _stream(
-        self, items: Any, accept: str, log: logs.CallLog, cycle: _FastCycle, scope: Scope
-    ) -> None:
+    def _stream(self, items: Any, accept: str, log: Any, scope: Scope, cycle: _FastCycle) -> None:
         """On the event loop: a plain function returned a generator; ``PodApp`` streams it."""
         if self.transport.is_closing():
             return
@@ -319,12 +280,20 @@ class PodProtocol(HttpToolsProtocol):
                 self.cycle = real
         self._start_asgi_task(real, stream)  # type: ignore[arg-type]
 
+    # -- the server's shutdown and keep-alive -----------------------------------------------
+
     def shutdown(self) -> None:
+        owner = self._owner
+        if owner is not None:  # its call (if any) ends and is answered, then it closes
+            owner.stop()
+            return
         with self._fast_lock:  # a fast call running: it ends, then the connection closes
             super().shutdown()
 
     def timeout_keep_alive_handler(self) -> None:
-        if isinstance(self.cycle, _FastCycle) and not self.cycle.response_complete:
+        if self._owner is not None or (
+            isinstance(self.cycle, _FastCycle) and not self.cycle.response_complete
+        ):
             self.timeout_keep_alive_task = self.loop.call_later(  # a long call: not idle
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
@@ -339,37 +308,3 @@ def protocol_factory(pod_app: PodApp) -> Callable[..., PodProtocol]:
         return PodProtocol(*args, pod_app=pod_app, **kwargs)
 
     return make
-
-
-def _authorized(headers: dict[bytes, bytes], token: str) -> bool:
-    proxied = headers.get(b"x-hotpod-token")
-    if proxied is not None:
-        given = proxied.strip()
-    else:
-        value = headers.get(b"authorization", b"")
-        if value[:7].lower() != b"bearer ":
-            return False
-        given = value[7:].strip()
-    return hmac.compare_digest(given, token.encode())
-
-
-_not_plain: set[Any] = set()  # functions seen returning a generator: streamed by PodApp
-
-
-def _plain_sync(target: Callable[..., Any]) -> bool:
-    func = getattr(target, "__func__", target)
-    if func in _not_plain:
-        return False
-    return not (
-        inspect.iscoroutinefunction(target)
-        or inspect.isasyncgenfunction(target)
-        or inspect.isgeneratorfunction(target)
-    )
-
-
-def _error_type(out: wire.Body) -> str | None:
-    if isinstance(out, wire.Parts) or out[:1] not in (wire.FRAME_EXC, wire.FRAME_ERROR):
-        return None
-    from hotpod.runtime.calls import _error_type as error_type
-
-    return error_type(out)

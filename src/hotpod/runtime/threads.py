@@ -91,6 +91,12 @@ class CallThreads:
         self._queue.put((None, None, contextvars.Context(), fn, args))
         return True
 
+    def can_submit(self) -> bool:
+        """Whether ``submit`` would take a call now (from the thread that submits: only it
+        takes threads; they only come back meanwhile)."""
+        with self._lock:
+            return self._idle > 0 or self._threads < self.limit
+
     def shutdown(self) -> None:
         with self._lock:
             n = self._threads
