@@ -62,6 +62,8 @@ FRAME_ITEM = b"I"  # one item: b"J" or b"P", then the encoded item
 FRAME_END = b"Z"  # the stream ended normally
 
 _HEAD = struct.Struct(">cI")
+#: one encoder for every compact JSON body (json.dumps with separators= builds one per call)
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 HEAD_SIZE = _HEAD.size
 
 #: a buffer at least this large is never copied to be joined to others: an encoded value that
@@ -209,7 +211,7 @@ def encode_request(args: tuple, kwargs: dict, serialization: str) -> tuple[Body,
     if serialization != "pickle":
         payload = {"args": list(args), "kwargs": kwargs}
         if is_pure_json(payload):
-            return json.dumps(payload, separators=(",", ":")).encode(), CT_JSON
+            return _compact(payload).encode(), CT_JSON
         if serialization == "json":
             raise TypeError(
                 "the call's arguments cannot be sent as JSON without changing them (tuples, "
@@ -252,7 +254,7 @@ def encode_result(value: Any, accept: str) -> Body:
     """Encode a result as one frame, following the client's accepted serialization: bytes, or
     ``Parts`` for a pickle that holds large buffers."""
     if accept != "pickle" and is_pure_json(value):
-        return frame(FRAME_JSON, json.dumps(value, separators=(",", ":")).encode())
+        return frame(FRAME_JSON, _compact(value).encode())
     if accept == "json":
         raise TypeError(
             f"the result ({type(value).__name__}) cannot be sent as JSON without changing it; "
@@ -264,7 +266,7 @@ def encode_result(value: Any, accept: str) -> Body:
 def encode_item(value: Any, accept: str) -> bytes:
     """One item of a stream as an I frame, following the client's accepted serialization."""
     if accept != "pickle" and is_pure_json(value):
-        return frame(FRAME_ITEM, FRAME_JSON + json.dumps(value, separators=(",", ":")).encode())
+        return frame(FRAME_ITEM, FRAME_JSON + _compact(value).encode())
     if accept == "json":
         raise TypeError(
             f"an item ({type(value).__name__}) cannot be sent as JSON without changing it; "
