@@ -152,3 +152,12 @@ def raise_on_rank(rank: int, seconds: float) -> int:
         raise ValueError(f"rank {rank} gave up")
     time.sleep(seconds)
     return os.getpid()
+
+
+def rank_echo(value: Any) -> tuple[int, Any]:
+    """Prints a line, then returns (this pod's rank, ``value``); rank 3 raises for "raise"."""
+    rank = int(os.environ["HOTPOD_RANK"])
+    print(f"echo from rank {rank}")
+    if value == "raise" and rank == 3:
+        raise ValueError("rank 3 refuses")
+    return rank, value

@@ -93,9 +93,53 @@ def test_pytorch_and_jax_pools_get_ports_of_their_own(hotpod_home):
     assert explicit[1]["MASTER_PORT"] == str(int(pt_port) + 1)
 
 
-def test_num_proc_is_refused_locally(hotpod_home):
-    with pytest.raises(kt.DeployError, match=r"num_proc=2\) is not supported on the local"):
-        kt.fn(dc.dist_env, name="dist-np").to(HALF.distribute("pytorch", workers=2, num_proc=2))
+def test_two_pods_of_two_processes_each_get_torchrun_ranks(hotpod_home):
+    compute = HALF.distribute("spmd", workers=2, num_proc=2)
+    envs = kt.fn(dc.dist_env, name="dist-np").to(compute)()
+    assert envs.ranks == [0, 1, 2, 3]  # one result per process, in rank order
+    assert envs.pods == ["dist-np-0/0", "dist-np-0/1", "dist-np-1/0", "dist-np-1/1"]
+    assert [e["RANK"] for e in envs] == ["0", "1", "2", "3"]
+    assert [(e["NODE_RANK"], e["LOCAL_RANK"]) for e in envs] == [
+        ("0", "0"),
+        ("0", "1"),
+        ("1", "0"),
+        ("1", "1"),
+    ]
+    for env in envs:
+        assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["HOTPOD_NUM_PROC"]) == (
+            "4",
+            "2",
+            "2",
+        )
+        assert env["HOTPOD_WORLD_SIZE"] == "2" and env["HOTPOD_RANK"] == env["NODE_RANK"]
+    assert envs[0]["HOTPOD_PORT"] == envs[1]["HOTPOD_PORT"] != envs[2]["HOTPOD_PORT"]
+    assert envs.by_rank()[3]["LOCAL_RANK"] == "1"
+    # one pod of three processes: still one result per process
+    one = kt.fn(dc.dist_env, name="dist-np1").to(HALF.distribute("jax", workers=1, num_proc=3))()
+    assert [(e["JAX_PROCESS_ID"], e["JAX_NUM_PROCESSES"]) for e in one] == [
+        ("0", "3"),
+        ("1", "3"),
+        ("2", "3"),
+    ]
+
+
+def test_ray_with_several_processes_per_pod_is_refused(hotpod_home):
+    with pytest.raises(kt.DeployError, match=r"num_proc=2\): a Ray pool runs one Ray node"):
+        kt.fn(dc.dist_env, name="dist-np").to(HALF.distribute("ray", workers=2, num_proc=2))
+
+
+def test_a_broadcast_result_is_a_list_that_knows_each_rank(hotpod_home):
+    remote = kt.fn(dc.rank_echo, name="dist-results").to(HALF.replace(replicas=2))
+    out = remote("x")
+    assert out == [(0, "x"), (1, "x")] and isinstance(out, list)  # compares as a plain list
+    assert out.ranks == [0, 1] and out.pods == ["dist-results-0", "dist-results-1"]
+    assert out.by_rank() == {0: (0, "x"), 1: (1, "x")}
+    assert out.items() == [(0, (0, "x")), (1, (1, "x"))]
+    picked = remote.with_options(workers=[1])("y")
+    assert picked == [(1, "y")] and picked.ranks == [1]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(out)).ranks == [0, 1]
 
 
 def ray_processes(home) -> list[psutil.Process]:
@@ -142,6 +186,16 @@ def test_torch_gloo_all_reduce_across_two_pods(hotpod_home):
     expected = [{"rank": r, "world": 2, "sum": 3.0} for r in range(2)]
     assert remote() == expected  # each rank contributed rank + 1
     assert remote() == expected  # the process group stays formed between calls
+
+
+def test_torch_gloo_all_reduce_across_two_pods_of_two_processes(hotpod_home):
+    need("torch", "pip install torch==2.13.0")
+    remote = kt.fn(dc.torch_all_reduce, name="dist-np-pt").to(
+        HALF.distribute("pytorch", workers=2, num_proc=2)
+    )
+    expected = [{"rank": r, "world": 4, "sum": 10.0} for r in range(4)]  # 1 + 2 + 3 + 4
+    assert remote() == expected
+    assert remote() == expected  # the group stays formed in every process
 
 
 def test_jax_computation_sharded_across_two_processes(hotpod_home):

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 import dist_code as dc
@@ -81,6 +82,91 @@ def test_membership_change_mid_call_raises_worker_membership_changed(hotpod_home
     assert took < 5, f"the call took {took:.1f} s to fail"
     after = remote.with_options(workers=[0, 1])(0)  # the workers still in the call were replaced
     assert all(a != b for a, b in zip(after, before, strict=True))
+    remote.teardown()
+
+
+def test_the_async_call_fails_as_fast_when_a_pod_dies(hotpod_home):
+    need("torch", "pip install torch==2.13.0")
+    remote = kt.fn(dc.torch_all_reduce_loop, name="areform").to(
+        HALF.distribute("pytorch", workers=2)
+    )
+    pod1 = next(p for p in get_backend().get("areform").pods if p.rank == 1)
+
+    async def killed_mid_call() -> tuple[BaseException, float]:
+        call = asyncio.ensure_future(remote.aio(120.0))
+        await asyncio.sleep(1.5)
+        assert not call.done()
+        killed = time.monotonic()
+        os.killpg(pod1.pid, signal.SIGKILL)
+        with pytest.raises((kt.PodTerminatedError, kt.WorkerMembershipChanged)) as info:
+            await asyncio.wait_for(call, 30)
+        return info.value, time.monotonic() - killed
+
+    error, took = asyncio.run(killed_mid_call())
+    assert took < 10, f"the async call took {took:.1f} s to fail"
+    assert "areform-1" in str(error)
+    deadline = time.monotonic() + 30  # rank 0's stuck worker was replaced: the pool serves again
+    while True:
+        try:
+            assert [r["sum"] for r in remote(0.2)] == [3.0, 3.0]
+            break
+        except (kt.PodUnreachableError, kt.BroadcastError, kt.CallError):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+
+
+def test_async_membership_change_mid_call_raises_at_once(hotpod_home):
+    remote = kt.fn(dc.pid_after, name="amembers").to(HALF.distribute("jax", workers=2))
+    before = remote(0)
+    backend = get_backend()
+    svc = backend.get("amembers")
+
+    async def grown_mid_call() -> tuple[BaseException, float]:
+        call = asyncio.ensure_future(remote.aio(60.0))
+        await asyncio.sleep(0.5)
+        grown = time.monotonic()
+        await asyncio.to_thread(
+            backend.apply, Plan("amembers", 3, svc.template, svc.labels, svc.meta)
+        )
+        with pytest.raises(kt.WorkerMembershipChanged) as info:
+            await asyncio.wait_for(call, 30)
+        return info.value, time.monotonic() - grown
+
+    error, took = asyncio.run(grown_mid_call())
+    assert error.added == ["amembers-2"] and took < 5, took
+    after = remote.with_options(workers=[0, 1])(0)  # the workers still in the call were replaced
+    assert all(a != b for a, b in zip(after, before, strict=True))
+    remote.teardown()
+
+
+def test_a_dead_process_of_a_pod_fails_the_call_fast_and_the_pod_comes_back(hotpod_home):
+    need("torch", "pip install torch==2.13.0")
+    compute = HALF.distribute("pytorch", workers=2, num_proc=2)
+    remote = kt.fn(dc.torch_all_reduce_loop, name="procs").to(compute)
+    assert [r["sum"] for r in remote(0.2)] == [10.0] * 4
+    pod1 = next(p for p in get_backend().get("procs").pods if p.rank == 1)
+    workers = psutil.Process(pod1.pid).children()
+    local1 = next(w for w in workers if w.environ().get("HOTPOD_LOCAL_RANK") == "1")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(remote, 120.0)
+        time.sleep(1.5)
+        assert not call.done()
+        killed = time.monotonic()
+        local1.kill()  # one process of pod 1 (rank 3): the other three wait in a collective
+        error = call.exception(timeout=30)
+        took = time.monotonic() - killed
+    assert isinstance(error, (kt.PodTerminatedError, kt.WorkerMembershipChanged)), error
+    assert took < 10, f"the call took {took:.1f} s to fail"
+    assert "procs-1" in str(error)
+    assert compute.pod_names() == ["procs-0", "procs-1"]  # (the pod itself stayed)
+    deadline = time.monotonic() + 30  # every process was replaced: the pool serves again
+    while True:
+        try:
+            assert [r["sum"] for r in remote(0.2)] == [10.0] * 4
+            break
+        except (kt.PodUnreachableError, kt.BroadcastError, kt.CallError):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
     remote.teardown()
 
 

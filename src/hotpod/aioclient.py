@@ -1,7 +1,10 @@
 """The async twin of a call (``await handle.aio(...)``): same requests, frames and errors as
 :class:`hotpod.client.PodClient`'s sync path, over :mod:`hotpod.aiotransport`.
 
-A broadcast gathers one task per pod. Cancelling an awaited call closes its connection; the pod
+A broadcast gathers one task per pod; on a pool that meets in collectives it fails as fast as
+the sync call (``membership.Watch.tasks``: a lost pod, a changed pool, a rank that raised), and
+the tasks still running are cancelled. A pool with ``num_proc`` > 1, or past the tree threshold,
+goes through the pods' relays (``tree``), one result per process. Cancelling an awaited call closes its connection; the pod
 then cancels async user code (sync user code runs to its end on the pod, its result dropped).
 A streamed answer comes back as an async iterator of the items; ``break`` out of ``async for``
 (once the iterator is collected) or ``aclose()`` closes the connection, and the pod stops the
@@ -14,12 +17,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotpod import aiotransport, transport, wire
-from hotpod.answers import AnswerReader, StreamReader
+from hotpod import aiotransport, transport, tree, wire
+from hotpod.answers import AnswerReader, StreamReader, answered_by
 from hotpod.backends.base import PodInfo
 from hotpod.client import CallOptions, PodClient
+from hotpod.runtime import relay
+
+if TYPE_CHECKING:
+    from hotpod.membership import Watch
 
 
 async def call(
@@ -36,14 +43,47 @@ async def broadcast(
     args: tuple,
     kwargs: dict,
     opts: CallOptions,
+    watch: Watch | None = None,
+    procs: int = 1,
 ) -> list[Any]:
-    """Call every pod at once; results in rank order (BroadcastError when some failed)."""
+    """Call every pod at once; results in rank order (BroadcastError when some failed).
+    ``watch``: a collective pool's (it may raise to fail the call early)."""
     body, ctype = wire.encode_request(args, kwargs, opts.serialization)
     request_id = uuid.uuid4().hex  # one id for the call on every pod: one 'logs --request'
-    outcomes = await asyncio.gather(
-        *(_call(client, p, method, body, ctype, opts, request_id) for p in pods),
-        return_exceptions=True,
-    )
+    down_a_tree = watch is None and tree.use_tree(pods)
+    relayed = procs > 1 or down_a_tree
+    calls = tree.plan(pods, procs, down_a_tree) if relayed else []
+    if relayed:
+        names = [p.name for p in tree.leaves(pods, procs)]
+        works, i = [], 0
+        for pod, targets, n in calls:
+            works.append(
+                _call_pod(
+                    client,
+                    pod,
+                    targets,
+                    names[i : i + n],
+                    method,
+                    body,
+                    ctype,
+                    opts,
+                    request_id,
+                    watch is not None,
+                )
+            )
+            i += n
+    else:
+        works = [_call(client, p, method, body, ctype, opts, request_id) for p in pods]
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        if watch is not None:
+            await watch.tasks(tasks)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:  # (the call failed early, or was cancelled: nobody waits for them)
+            task.cancel()
+    if relayed:
+        return tree.gather(client, pods, procs, calls, outcomes)  # type: ignore[no-any-return]
     results: list[Any] = [None] * len(pods)
     errors: dict[int, BaseException] = {}
     for i, outcome in enumerate(outcomes):
@@ -52,6 +92,51 @@ async def broadcast(
         else:
             results[i] = outcome
     return client.gathered(pods, results, errors)
+
+
+async def _call_pod(
+    client: PodClient,
+    pod: PodInfo,
+    targets: list[Any],
+    names: Sequence[str],
+    method: str,
+    body: wire.Body,
+    ctype: str,
+    opts: CallOptions,
+    request_id: str,
+    fail_fast: bool,
+) -> list[tuple[bool, Any]]:
+    """The async twin of ``tree.call_pod``: one relay call, its leaves' outcomes."""
+    headers, start, deadline, what = tree.relay_headers(
+        client, pod, method, ctype, opts, request_id, targets, fail_fast
+    )
+    if pod.name in client._suspect:
+        await asyncio.to_thread(client._await_pod, pod, what, start, deadline)
+    atransport = _transport(client)
+    retried = False
+    while True:
+        try:
+            resp = await atransport.request(pod.url, relay.PATH, body, headers, deadline)
+            break
+        except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
+            await asyncio.sleep(client.retry_delay(exc, retried, what, pod, opts, start, deadline))
+            retried = retried or isinstance(exc, transport.Broken)
+    try:
+        if resp.status != 200:
+            raise client._status_error(pod, method, resp.status, await resp.read())
+        reader = tree.RelayReader(names, opts.stream_logs, client.log_out)
+        async for chunk in resp.chunks():
+            reader.feed(chunk)
+    except transport.TimedOut:
+        resp.abandon()
+        raise client._timeout(what, opts) from None
+    except transport.Broken as exc:
+        resp.abandon()
+        raise client._broken(what, pod, exc) from None
+    except BaseException:
+        resp.abandon()
+        raise
+    return reader.outcomes()
 
 
 async def _call(
@@ -106,6 +191,7 @@ async def _read_frames(
     what: str,
     opts: CallOptions,
 ) -> Any:
+    pod = answered_by(pod, resp)  # (behind a router: the pod it picked)
     decoder = wire.FrameDecoder()
     answer = AnswerReader(pod.name, opts.stream_logs, client.log_out)
     chunks = resp.chunks()

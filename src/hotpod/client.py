@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
-from hotpod import fanout, transport, wire
+from hotpod import fanout, transport, tree, wire
 from hotpod.answers import (
     AnswerReader,
     Stream,
     StreamReader,
+    answered_by,
     stream_items,
 )
 from hotpod.backends.base import PodInfo
@@ -128,6 +129,27 @@ class CallOptions:
             raise SpecError(f"restart={self.restart!r}: expected True or False")
 
 
+class Results(list[Any]):
+    """A broadcast's results: a plain list in rank order (``results == [1, 2]`` holds), that
+    also knows whose each result is. ``ranks[i]`` and ``pods[i]`` are the rank and the pod (or
+    ``pod/K``, the process of local rank K of a pod running several) of ``results[i]``;
+    ``by_rank()`` maps each rank to its result; ``items()`` gives (rank, result) pairs."""
+
+    def __init__(self, values: Sequence[Any], ranks: Sequence[int], pods: Sequence[str]) -> None:
+        super().__init__(values)
+        self.ranks = list(ranks)
+        self.pods = list(pods)
+
+    def by_rank(self) -> dict[int, Any]:
+        return dict(zip(self.ranks, self, strict=True))
+
+    def items(self) -> list[tuple[int, Any]]:
+        return list(zip(self.ranks, self, strict=True))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (pickled as what it is, with its ranks)
+        return (Results, (list(self), self.ranks, self.pods))
+
+
 class PodClient:
     """HTTP access to the pods of one service. ``PodClient.shared`` gives one per service."""
 
@@ -185,12 +207,17 @@ class PodClient:
         kwargs: dict,
         opts: CallOptions,
         watch: Callable[[Sequence[Future[Any]]], None] | None = None,
+        procs: int = 1,
     ) -> list[Any]:
         """Call every pod at once; results in rank order. ``watch``, given the calls' futures
-        while they run, may raise to fail the call early (a distributed pool losing a pod)."""
+        while they run, may raise to fail the call early (a distributed pool losing a pod).
+        ``procs`` > 1 (processes per pod) or a large pool: through the pods' relays (``tree``)."""
         body, ctype = wire.encode_request(args, kwargs, opts.serialization)
+        if procs > 1 or (watch is None and tree.use_tree(pods)):
+            rid = uuid.uuid4().hex
+            return tree.broadcast(self, pods, method, body, ctype, opts, rid, procs, watch)  # type: ignore[no-any-return]
         if len(pods) == 1:
-            return [self._call(pods[0], method, body, ctype, opts)]
+            return self.gathered(pods, [self._call(pods[0], method, body, ctype, opts)], {})
         request_id = uuid.uuid4().hex  # one id for the call on every pod: one 'logs --request'
         if watch is None:  # requests written here, answers read as they come (``fanout``)
             return fanout.broadcast(self, pods, method, body, ctype, opts, request_id)
@@ -226,7 +253,7 @@ class PodClient:
                 pods=names,
             )
             raise err from next(iter(errors.values()))
-        return results
+        return Results(results, [p.rank for p in pods], [p.name for p in pods])
 
     def executor(self, n: int) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -384,6 +411,7 @@ class PodClient:
         what: str,
         opts: CallOptions,
     ) -> Any:
+        pod = answered_by(pod, resp)  # (behind a router: the pod it picked)
         decoder = wire.FrameDecoder()
         answer = AnswerReader(pod.name, opts.stream_logs, self.log_out)
         chunks = resp.chunks()

@@ -110,23 +110,35 @@ DISTRIBUTION_ENV = frozenset(
 
 
 def worker_env(
-    kind: str, *, rank: int, world_size: int, peers: Sequence[str], port: int | None
+    kind: str,
+    *,
+    rank: int,
+    world_size: int,
+    peers: Sequence[str],
+    port: int | None,
+    num_proc: int = 1,
+    local_rank: int = 0,
 ) -> dict[str, str]:
-    """The environment of the (single) process of pod ``rank`` in a pool of ``world_size`` pods.
+    """The environment of process ``local_rank`` of pod ``rank`` in a pool of ``world_size``
+    pods running ``num_proc`` processes each (torchrun's names: ``NODE_RANK`` is the pod's rank,
+    ``RANK`` the process's, ``node_rank * num_proc + local_rank``, out of
+    ``WORLD_SIZE = world_size * num_proc``).
 
     ``peers`` are the pods' ``host:port`` in rank order (their pod servers); the first one's host
     is the rendezvous host (``MASTER_ADDR``, the JAX coordinator). ``port`` is the rendezvous
     port (``None`` for ``"spmd"``, which has none).
     """
+    global_rank = rank * num_proc + local_rank
+    processes = world_size * num_proc
     env = {
         "HOTPOD_DISTRIBUTE": kind,
-        "HOTPOD_NUM_PROC": "1",
+        "HOTPOD_NUM_PROC": str(num_proc),
         "HOTPOD_PEERS": ",".join(peers),
-        "WORLD_SIZE": str(world_size),
-        "RANK": str(rank),
-        "LOCAL_RANK": "0",
+        "WORLD_SIZE": str(processes),
+        "RANK": str(global_rank),
+        "LOCAL_RANK": str(local_rank),
         "NODE_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": str(num_proc),
     }
     if port is None:
         return env
@@ -137,8 +149,8 @@ def worker_env(
     elif kind == "jax":
         env.update(
             JAX_COORDINATOR_ADDRESS=f"{host}:{port}",
-            JAX_PROCESS_ID=str(rank),
-            JAX_NUM_PROCESSES=str(world_size),
+            JAX_PROCESS_ID=str(global_rank),
+            JAX_NUM_PROCESSES=str(processes),
         )
     elif kind == "ray":
         env["RAY_ADDRESS"] = f"{host}:{port}"

@@ -10,11 +10,15 @@
   change (:class:`WorkerMembershipChanged`, from the backend's view of the pool, checked every
   ``interval`` seconds of a long call), without waiting for the others, which would wait in
   their collective forever: their workers are replaced (:func:`abandon`). When a rank raises,
-  the others get ``RANK_ERROR_GRACE`` seconds to finish before the same happens to them.
+  the others get ``RANK_ERROR_GRACE`` seconds to finish before the same happens to them. The
+  sync call runs it over its threads' futures (``watch(futures)``), the async twin over its
+  tasks (:meth:`Watch.tasks`): the decisions, :meth:`Watch.step`, are the same.
+- :func:`procs`: the processes each pod of a pool runs (``num_proc``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -44,6 +48,14 @@ def kind(service: ServiceInfo) -> str | None:
     """The pool's distribution kind ("spmd", "pytorch", ...), or None."""
     dist = service.template.get("distribute")
     return str(dist.get("kind")) if isinstance(dist, dict) else None
+
+
+def procs(service: ServiceInfo) -> int:
+    """The processes each pod runs (``distribute(..., num_proc=P)``), 1 for a Ray pool."""
+    dist = service.template.get("distribute")
+    if not isinstance(dist, dict) or dist.get("kind") == "ray":
+        return 1
+    return int(dist.get("num_proc") or 1)
 
 
 def select(
@@ -130,6 +142,7 @@ class Watch:
         self.backend = backend or get_backend()
         self.interval = interval
         self.members = self._members()
+        self._first_error: float | None = None  # when a rank raised
 
     def _members(self) -> dict[str, int | None]:
         try:
@@ -139,29 +152,59 @@ class Watch:
         return {p.name: p.pid if p.status == "running" else None for p in pods}
 
     def __call__(self, futures: Sequence[Future[Any]]) -> None:
+        """Watch a sync broadcast's futures (one per pod, in ``pods`` order)."""
         index = {fut: i for i, fut in enumerate(futures)}
         pending = set(futures)
-        first_error: float | None = None
         while pending:
-            timeout = self.interval
-            if first_error is not None:
-                timeout = max(0.0, min(timeout, first_error + RANK_ERROR_GRACE - time.monotonic()))
-            done, pending = wait(pending, timeout=timeout, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                exc = fut.exception()
-                if isinstance(exc, PodUnreachableError):
-                    self._pod_lost(exc, [self.pods[index[f]] for f in pending])
-                if exc is not None and first_error is None:
-                    first_error = time.monotonic()
-            if not pending:
-                return
-            if first_error is not None and time.monotonic() >= first_error + RANK_ERROR_GRACE:
-                waiting = [self.pods[index[f]] for f in pending]
-                abandon(self.client, waiting)
+            done, pending = wait(pending, timeout=self.timeout(), return_when=FIRST_EXCEPTION)
+            ended = [(index[f], None if f.cancelled() else f.exception()) for f in done]
+            if self.step(ended, sorted(index[f] for f in pending)):
                 wait(pending, timeout=5.0)  # their connections break: the broadcast gathers
                 return
-            if not done:
-                self._check_members([self.pods[index[f]] for f in pending])
+
+    async def tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> None:
+        """Watch an async broadcast's tasks (one per pod, in ``pods`` order); what blocks (the
+        backend's view, replacing workers) runs in a worker thread."""
+        index = {task: i for i, task in enumerate(tasks)}
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=self.timeout(), return_when=asyncio.FIRST_EXCEPTION
+            )
+            ended = [(index[t], None if t.cancelled() else t.exception()) for t in done]
+            waiting = sorted(index[t] for t in pending)
+            if await asyncio.to_thread(self.step, ended, waiting):
+                await asyncio.wait(pending, timeout=5.0)
+                return
+
+    def timeout(self) -> float:
+        """How long to wait for the calls before the next :meth:`step`."""
+        if self._first_error is None:
+            return self.interval
+        left = self._first_error + RANK_ERROR_GRACE - time.monotonic()
+        return max(0.0, min(self.interval, left))
+
+    def step(self, ended: Sequence[tuple[int, BaseException | None]], waiting: list[int]) -> bool:
+        """After a wait: the calls that ended (pod index, exception) and those still running.
+        Raises when the call must fail now (a pod lost, the pool changed); True when the calls
+        still running were stopped (a rank raised and the others outlived the grace)."""
+        for _, exc in ended:
+            if isinstance(exc, PodUnreachableError):
+                self._pod_lost(exc, [self.pods[j] for j in waiting])
+            if exc is not None and self._first_error is None:
+                self._first_error = time.monotonic()
+        if not waiting:
+            return False
+        stragglers = [self.pods[j] for j in waiting]
+        if (
+            self._first_error is not None
+            and time.monotonic() >= self._first_error + RANK_ERROR_GRACE
+        ):
+            abandon(self.client, stragglers)
+            return True
+        if not ended:
+            self._check_members(stragglers)
+        return False
 
     def _pod_lost(self, exc: PodUnreachableError, waiting: list[PodInfo]) -> None:
         if waiting:
@@ -205,7 +248,7 @@ class Watch:
 
 def watch_for(service: ServiceInfo, client: PodClient, pods: Sequence[PodInfo]) -> Watch | None:
     """A :class:`Watch` for a broadcast on a collective pool, else None."""
-    if kind(service) not in COLLECTIVE_KINDS or len(pods) < 2:
+    if kind(service) not in COLLECTIVE_KINDS or len(pods) * procs(service) < 2:
         return None
     return Watch(client, service.name, pods)
 
@@ -216,6 +259,7 @@ __all__ = [
     "Watch",
     "abandon",
     "kind",
+    "procs",
     "restart",
     "select",
     "watch_for",

@@ -12,6 +12,12 @@ workers gracefully, then the supervisor. SIGUSR2 (a distributed pool re-forms, o
 for fresh workers) kills the worker at once, since it may be stuck in a collective that will never
 finish, and starts a new one that loads the same launch. Kept to the standard library so it
 starts fast.
+
+A pod of a distributed pool with ``HOTPOD_NUM_PROC`` = P > 1 runs P workers: local rank 0 on
+the pod's socket, each other one on a loopback socket of its own (``HOTPOD_LOCAL_PEERS``), all
+bound here once. The processes live and die together: one exiting, a kill-and-replace, or a
+successor for local rank 0 replaces the others too (``hotpod.runtime.relay`` loads their launch
+and relays calls to them).
 """
 
 from __future__ import annotations
@@ -92,12 +98,13 @@ def _handover_failed(code: int | None) -> None:
     os.unlink(handed)
 
 
-def spawn(sock: socket.socket) -> Worker:
+def spawn(sock: socket.socket, local_rank: int = 0) -> Worker:
     parent_r, parent_w = os.pipe()
     ready_r, ready_w = os.pipe()
     cmd = [sys.executable, "-m", "hotpod.runtime.worker", "--fd", str(sock.fileno())]
     cmd += ["--parent-fd", str(parent_r), "--ready-fd", str(ready_w)]
-    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(), parent_r, ready_w))
+    env = {**os.environ, "HOTPOD_LOCAL_RANK": str(local_rank)}
+    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(), parent_r, ready_w), env=env)
     os.close(parent_r)
     os.close(ready_w)
     os.set_blocking(ready_r, False)
@@ -105,8 +112,10 @@ def spawn(sock: socket.socket) -> Worker:
 
 
 class Supervisor:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, local: list[socket.socket] | None = None) -> None:
         self.sock = sock
+        self.local = local or []  # the sockets of local ranks 1..P-1 (num_proc > 1)
+        self.siblings: list[Worker] = []
         self.sel = selectors.DefaultSelector()
         self.current: Worker | None = None
         self.successor: Worker | None = None
@@ -121,6 +130,16 @@ class Supervisor:
         worker = spawn(self.sock)
         self.sel.register(worker.ready_fd, selectors.EVENT_READ, worker)
         return worker
+
+    def _restart_siblings(self) -> None:
+        """Kill the workers of local ranks 1..P-1 (if any) and start fresh ones."""
+        for worker in self.siblings:
+            worker.proc.kill()
+            worker.proc.wait()
+            self._forget(worker)
+        self.siblings = []
+        if not self.stopping:
+            self.siblings = [spawn(s, k) for k, s in enumerate(self.local, 1)]
 
     def _forget(self, worker: Worker) -> None:
         try:
@@ -165,6 +184,10 @@ class Supervisor:
             _handover_failed(code)
             self._forget(self.successor)
             self.successor = None
+        lost = next((w for w in self.siblings if w.proc.poll() is not None), None)
+        if lost is not None and not self.stopping:
+            _log(f"worker {lost.proc.pid} exited ({lost.proc.returncode}); replacing them all")
+            self.kill_replace = True  # the processes of a pod live and die together
         cur = self.current
         if cur is not None and cur.proc.poll() is not None:
             code = cur.proc.returncode
@@ -175,6 +198,8 @@ class Supervisor:
                 return
             if self.stopping:
                 return
+            if self.siblings:  # they start again with the new local rank 0
+                self._restart_siblings()
             ran = now - cur.started
             if ran > STABLE_AFTER:
                 self.backoff = MIN_BACKOFF
@@ -194,6 +219,7 @@ class Supervisor:
                 self._forget(worker)
         self.successor = None
         self.current = self._start()
+        self._restart_siblings()
         self.restart_at = None
         self.backoff = MIN_BACKOFF
 
@@ -223,11 +249,13 @@ class Supervisor:
                 # refuse new connections at once (clients wait for the pod to come back),
                 # rather than queue them on a socket no worker will accept from again
                 self.sock.close()
-                for w in (self.current, self.successor, *self.retiring):
+                for w in (self.current, self.successor, *self.retiring, *self.siblings):
                     if w is not None and w.proc.poll() is None:
                         w.proc.send_signal(signal.SIGTERM)
             if self.stopping:
-                alive = [w for w in (self.current, self.successor, *self.retiring) if w]
+                alive = [
+                    w for w in (self.current, self.successor, *self.retiring, *self.siblings) if w
+                ]
                 if all(w.proc.poll() is not None for w in alive):
                     break
                 if stop_deadline is not None and now > stop_deadline:
@@ -235,6 +263,8 @@ class Supervisor:
                         w.proc.kill()
             elif self.current is None and self.restart_at is not None and now >= self.restart_at:
                 self.current = self._start()
+                if self.local and not self.siblings:
+                    self._restart_siblings()
                 self.restart_at = None
             if self.kill_replace and not self.stopping:
                 self.kill_replace = False
@@ -244,6 +274,7 @@ class Supervisor:
                 if self.successor is None and self.current is not None:
                     _log(f"replacing worker {self.current.proc.pid}")
                     self.successor = self._start()
+                    self._restart_siblings()  # (the successor loads the launch into them)
             timeout = 1.0
             if self.restart_at is not None:
                 timeout = max(0.0, min(timeout, self.restart_at - now))
@@ -257,7 +288,7 @@ class Supervisor:
                 else:
                     self._on_ready(key.data)
             self._reap()
-        for w in (self.current, self.successor, *self.retiring):
+        for w in (self.current, self.successor, *self.retiring, *self.siblings):
             if w is not None:
                 w.proc.wait()
                 w.close()
@@ -274,7 +305,13 @@ def main() -> int:
         _log(f"cannot listen on {host}:{port}: {exc}")
         return 75
     _log(f"listening on {host}:{sock.getsockname()[1]} (pid {os.getpid()})")
-    return Supervisor(sock).run()
+    procs = int(os.environ.get("HOTPOD_NUM_PROC") or 1)
+    local = [bind("127.0.0.1", 0) for _ in range(procs - 1)]  # local ranks 1..P-1
+    if local:
+        peers = ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in local)
+        os.environ["HOTPOD_LOCAL_PEERS"] = peers
+        _log(f"{procs} processes: local ranks 1..{procs - 1} on {peers}")
+    return Supervisor(sock, local).run()
 
 
 if __name__ == "__main__":

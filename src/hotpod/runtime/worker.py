@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         max_body=int(env.get("HOTPOD_MAX_BODY_BYTES", str(4 << 30))),
         threads=int(env.get("HOTPOD_THREADS", "64")),
         venv=venv,
-        request_restart=_ask_for_successor if opts.parent_fd is not None else None,
+        request_restart=(  # (a pod's other processes are replaced with its local rank 0)
+            _ask_for_successor
+            if opts.parent_fd is not None and int(env.get("HOTPOD_LOCAL_RANK") or 0) == 0
+            else None
+        ),
     )
     sock = socket.socket(fileno=opts.fd)
     app = PodApp(state, _ready_reporter(opts.ready_fd))
