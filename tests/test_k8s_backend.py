@@ -27,12 +27,12 @@ from hotpod import transport, wire
 from hotpod.backends.base import Plan, PodInfo, ServiceInfo
 from hotpod.backends.k8s import pods as podstate
 from hotpod.backends.k8s.backend import TEMPLATE_LABEL, KubernetesBackend
-from hotpod.backends.k8s.kube import ApiError, Credentials
-from hotpod.backends.k8s.ship import wanted
+from hotpod.backends.k8s.kube import Credentials
 from hotpod.compute import Compute
 from hotpod.config import ConfigError, reload_settings
-from hotpod.errors import DeployError, ServiceNotFoundError
+from hotpod.errors import ApiError, DeployError, ServiceNotFoundError
 from hotpod.runtime.app import PodApp, PodState
+from hotpod.runtime.storeapi import wanted
 from hotpod.store import FileEntry, LocalStore, Manifest
 
 # -- settings ---------------------------------------------------------------------------------
@@ -314,6 +314,82 @@ def test_store_endpoints_refuse_bodies_over_the_limit(tmp_path: Path) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}", wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION}
     (r,) = _ask(app, [(f"/_hotpod/store/blob/{digest}", big, headers)])
     assert r.status_code == 413
+
+
+def test_store_endpoints_give_what_the_store_has(tmp_path: Path) -> None:
+    app, store = _pod_app(tmp_path)
+    data = b"x = 1\n"
+    digest = store.put_bytes(data)
+    manifest = Manifest({"m.py": FileEntry(digest, 0o644, len(data))})
+    store.put_manifest(manifest)
+    headers = {"Authorization": f"Bearer {TOKEN}", wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION}
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://pod"
+        ) as client:
+            return [
+                await client.get(f"/_hotpod/store/{p}", headers=h)
+                for p, h in [
+                    (f"blob/{digest}", headers),
+                    (f"manifest/{manifest.id}", headers),
+                    (f"blob/{'0' * 64}", headers),
+                    (f"blob/{digest}", {wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION}),
+                    ("missing", headers),
+                ]
+            ]
+
+    r = asyncio.run(main())
+    assert r[0].status_code == 200 and r[0].content == data
+    assert r[1].status_code == 200 and Manifest.from_json(r[1].content).id == manifest.id
+    assert r[2].status_code == 404 and "no blob" in r[2].json()["error"]
+    assert r[3].status_code == 401  # the token is required to read too
+    assert r[4].status_code == 405
+
+
+def test_a_new_pod_fetches_what_a_launch_needs_from_the_first_peer_that_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotpod.runtime import storeapi
+
+    full = LocalStore(tmp_path / "full")
+    data = b"def f():\n    return 1\n"
+    digest = full.put_bytes(data)
+    manifest = Manifest({"f.py": FileEntry(digest, 0o644, len(data))})
+    full.put_manifest(manifest)
+    init = full.put_bytes(b"init args")
+    spec = {"code": {"manifest": manifest.id}, "init": init}
+    served: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        served.append(f"{request.url.host}{request.url.path}")
+        if request.url.host == "10.0.0.1":  # a pod that is gone
+            raise httpx.ConnectError("refused")
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(403)
+        what, name = request.url.path.rsplit("/", 2)[-2:]
+        if what == "blob" and not full.missing([name]):
+            return httpx.Response(200, content=full.get_bytes(name))
+        if what == "manifest" and full.has_manifest(name):
+            return httpx.Response(200, content=full.get_manifest(name).to_json().encode())
+        return httpx.Response(404)
+
+    new = LocalStore(tmp_path / "new")
+    fetcher = storeapi.PeerFetcher(new, TOKEN, ["10.0.0.1:32300", "10.0.0.2:32300"])
+    fetcher.http = httpx.Client(
+        transport=httpx.MockTransport(handler), headers=fetcher.http.headers
+    )
+    assert fetcher.fetch(spec) == 2
+    assert new.has_manifest(manifest.id) and new.get_bytes(init) == b"init args"
+    assert fetcher.peers == ["10.0.0.2:32300"]  # the gone one is not asked again
+    served.clear()
+    assert fetcher.fetch(spec) == 0 and served == []  # nothing asked when nothing is lacking
+
+    monkeypatch.setenv("HOTPOD_POD_IP", "10.0.0.7")
+    monkeypatch.setenv("HOTPOD_PORT", "32300")
+    monkeypatch.setenv("HOTPOD_RANK", "5")
+    assert storeapi.own_rank(["10.0.0.3:32300", "10.0.0.7:32300"]) == 1
+    assert storeapi.own_rank(["10.0.0.3:32300"]) == 5  # not listed: what the backend set
 
 
 # -- routes through a proxy -------------------------------------------------------------------

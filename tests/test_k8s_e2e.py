@@ -29,6 +29,27 @@ def hello(x):
     print(f"hello {x} from {os.environ.get('HOTPOD_POD_NAME')}")
     return {"v": 1, "x": x, "pod": os.environ.get("HOTPOD_POD_NAME")}
 
+def dist_env():
+    keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HOTPOD_PEERS", "HOTPOD_RANK")
+    return {k: os.environ.get(k) for k in keys}
+
+def whoami(x):
+    return {"x": x, "host": os.environ.get("HOSTNAME")}
+
+def ray_env():
+    keys = ("RAY_ADDRESS", "HOTPOD_RAY_ROLE", "RANK", "WORLD_SIZE")
+    return {k: os.environ.get(k) for k in keys}
+
+def all_reduce(x):
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    t = torch.tensor([float(x)])
+    dist.all_reduce(t)
+    return {"sum": t.item(), "rank": dist.get_rank(), "world": dist.get_world_size()}
+
 class Counter:
     def __init__(self, start):
         self.n = start
@@ -239,3 +260,291 @@ def test_a_missing_secret_fails_the_deploy(
         _done("no-secret")
         monkeypatch.undo()
         reload_settings()
+
+
+# -- pods that come later, distributed pools -------------------------------------------------
+
+
+@pytest.fixture
+def k8s(fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The Kubernetes backend on the fake, reached as from outside (the API proxy)."""
+    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
+    monkeypatch.delenv("HOTPOD_K8S_REACH", raising=False)
+    monkeypatch.delenv("HOTPOD_NAMESPACE", raising=False)
+    reload_settings()
+    try:
+        yield fake_cluster
+    finally:
+        backend = get_backend()
+        try:
+            backend.teardown_all()
+        finally:
+            backend.close()  # type: ignore[attr-defined]
+            monkeypatch.undo()
+            reload_settings()
+
+
+def _until(check: Any, timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # (a pod on its way: ask again)
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what or check}: last {last!r}")
+
+
+def _kube() -> Any:
+    return get_backend().kube  # type: ignore[attr-defined]
+
+
+def test_a_replaced_pod_and_a_scaled_up_pod_serve_the_current_code_without_a_client(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    path, module = project
+    kt.fn(module.hello, name="later").to(kt.Compute(replicas=2, **SMALL))
+    path.write_text(APP_V1.replace('"v": 1', '"v": 2'))
+    importlib.reload(module)
+    first = kt.fn(module.hello, name="later").to(kt.Compute(replicas=2, **SMALL)).pods
+    kube = _kube()
+    kube.delete(f"/api/v1/namespaces/default/pods/{first[0]}")
+
+    def replaced() -> Any:
+        service = kt.lookup("later")
+        pods = service.pods
+        if len(pods) != 2 or first[0] in pods:
+            return None
+        results = service(3)
+        return results if all(r["v"] == 2 for r in results) else None
+
+    results = _until(replaced, what="the replacement pod to serve v2")
+    new = {r["pod"] for r in results} - set(first)
+    assert len(new) == 1  # the replacement, with the code of the last .to(): no client sent it
+
+    kube.request(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/later",
+        body={"spec": {"replicas": 3}},
+        content_type="application/merge-patch+json",
+    )
+
+    def scaled() -> Any:
+        service = kt.lookup("later")
+        if len(service.pods) != 3:
+            return None
+        results = service(4)
+        return results if [r["v"] for r in results] == [2, 2, 2] else None
+
+    assert len({r["pod"] for r in _until(scaled, what="the third pod to serve v2")}) == 3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_distributed_pool_gives_each_pod_its_rank_and_the_peers(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    _, module = project
+    pool = kt.Compute(**SMALL).distribute("spmd", workers=2)
+    remote = kt.fn(module.dist_env, name="ranks").to(pool)
+    results = remote()
+    pods = k8s.pods(k8s.namespace, {"hotpod.dev/service": "ranks"})
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    peers = ",".join(f"{ips[name]}:32300" for name in remote.pods)
+    assert [r["RANK"] for r in results] == ["0", "1"]
+    assert [r["HOTPOD_RANK"] for r in results] == ["0", "1"]
+    assert {r["WORLD_SIZE"] for r in results} == {"2"}
+    assert {r["HOTPOD_PEERS"] for r in results} == {peers}  # rank order, as the backend sees it
+
+
+def test_a_pytorch_pool_forms_a_gloo_group_across_two_pods(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    pytest.importorskip("torch")
+    _, module = project
+    pool = kt.Compute(**SMALL).distribute("pytorch", workers=2, port=_free_port())
+    remote = kt.fn(module.all_reduce, name="gloo").to(pool)
+    results = remote(3)
+    assert results == [{"sum": 6.0, "rank": 0, "world": 2}, {"sum": 6.0, "rank": 1, "world": 2}]
+
+
+def test_a_ray_pool_is_a_raycluster_whose_head_takes_the_calls(
+    k8s: Any, project: tuple[Path, ModuleType], tmp_path: Path
+) -> None:
+    _, module = project
+    stub = tmp_path / "bin"  # 'ray start' in the pods' commands: a stub (Ray is the image's part)
+    stub.mkdir()
+    (stub / "ray").write_text('#!/bin/sh\necho "ray $*"\n')
+    (stub / "ray").chmod(0o755)
+    path = f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    pool = kt.Compute(env_vars={"PATH": path}, **SMALL).distribute("ray", workers=2)
+    remote = kt.fn(module.ray_env, name="rayp").to(pool)
+    pods = k8s.pods(k8s.namespace, {"hotpod.dev/service": "rayp"})
+    head = next(p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "head")
+    assert len(pods) == 2 and remote.pods[0] == head["metadata"]["name"]
+    result = remote()  # once, on the head
+    assert result == {
+        "RAY_ADDRESS": f"{head['status']['podIP']}:6379",
+        "HOTPOD_RAY_ROLE": "head",
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+    }
+    cluster = _kube().get("/apis/ray.io/v1/namespaces/default/rayclusters/rayp")
+    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 1
+
+
+def _user_deployment(name: str, labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def test_from_manifest_deploys_the_users_deployment_with_the_runtime_merged_in(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    _, module = project
+    box = {
+        "name": "main",
+        "image": "team/app:1",
+        "command": ["python", "serve.py"],
+        "env": [{"name": "MODE", "value": "mine"}],
+    }
+    manifest = _user_deployment("workers", {"app": "workers"}, {"containers": [box]})
+    compute = kt.Compute.from_manifest(manifest, cpus="0.1", memory="256Mi", launch_timeout=60)
+    remote = kt.fn(module.hello, name="byo").to(compute)
+    assert [r["v"] for r in remote(1)] == [1, 1] and len(set(remote.pods)) == 2
+    applied = _kube().get("/apis/apps/v1/namespaces/default/deployments/workers")
+    template = applied["spec"]["template"]
+    main = template["spec"]["containers"][0]
+    assert main["name"] == "main" and main["command"][-1] == "hotpod.runtime.supervisor"
+    assert {"name": "MODE", "value": "mine"} in main["env"]
+    assert '"serve.py"' in template["metadata"]["annotations"]["hotpod.dev/replaced-command"]
+    assert kt.teardown("byo") == ["byo"]
+    assert _gone(k8s, "byo")
+
+
+def test_a_selector_adopts_pods_that_already_run_the_runtime(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    import base64
+
+    _, module = project
+    kube = _kube()
+    with pytest.raises(kt.DeployError, match="no pod in namespace 'default' has these labels"):
+        kt.fn(module.hello, name="adopt").to(kt.Compute(selector={"app": "mine"}))
+    token = base64.b64encode(b"users-token").decode()
+    kube.request(  # the user's pods read the service token from the Secret hotpod would make
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        body={"metadata": {"name": "adopt-hotpod-token"}, "data": {"token": token}},
+    )
+    env = {
+        "HOTPOD_HOST": "0.0.0.0",
+        "HOTPOD_PORT": "32300",
+        "HOTPOD_POD_ROOT": "/hotpod",
+        "HOTPOD_STORE": "/hotpod/store",
+    }
+    box = {
+        "name": "runtime",
+        "image": "team/hotpod-runtime:1",
+        "command": ["python", "-m", "hotpod.runtime.supervisor"],
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [
+            {"name": "HOTPOD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "HOTPOD_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "adopt-hotpod-token", "key": "token"}},
+            },
+        ],
+        "volumeMounts": [{"name": "root", "mountPath": "/hotpod"}],
+    }
+    pod = {"containers": [box], "volumes": [{"name": "root", "emptyDir": {}}]}
+    kube.request(
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        body=_user_deployment("mine", {"app": "mine"}, pod),
+    )
+    _until(lambda: len(k8s.pods(k8s.namespace, {"app": "mine"})) == 2, what="the user's pods")
+    remote = kt.fn(module.hello, name="adopt").to(kt.Compute(selector={"app": "mine"}))
+    assert [r["v"] for r in remote(2)] == [1, 1]
+    assert {s.name: len(s.pods) for s in kt.list_services()} == {"adopt": 2}
+    assert kt.teardown("adopt") == ["adopt"]
+    assert len(k8s.pods(k8s.namespace, {"app": "mine"})) == 2  # the user's pods stay
+    kube.delete("/apis/apps/v1/namespaces/default/deployments/mine")
+    _until(lambda: not k8s.processes(), what="the user's pods to stop")
+
+
+def test_an_autoscaled_pool_is_a_knative_service_whose_calls_reach_one_pod_each(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    _, module = project
+    kube = _kube()
+    # what Knative's controller makes for revision 1 (the fake's Knative does not): a Service
+    # over the revision's pods, through which the API server's proxy reaches them
+    revision = {"serving.knative.dev/revision": "web-00001"}
+    kube.request(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        body={
+            "metadata": {"name": "web-00001"},
+            "spec": {
+                "selector": revision,
+                "ports": [{"name": "http", "port": 80, "targetPort": 32300}],
+            },
+        },
+    )
+    compute = kt.Compute(**SMALL).autoscale(min_scale=2, max_scale=4, target=10)
+    remote = kt.fn(module.whoami, name="web").to(compute)
+    assert _kube().get("/apis/serving.knative.dev/v1/namespaces/default/services/web")
+    assert len(remote.pods) == 2
+    results = [remote(i) for i in range(4)]  # one result per call: one pod each
+    assert [r["x"] for r in results] == [0, 1, 2, 3]
+    assert {r["host"] for r in results} == set(remote.pods)  # spread over the pods
+    kube.delete("/api/v1/namespaces/default/services/web-00001")
+
+
+def test_logs_follow_picks_up_later_pods_and_teardown_volumes_deletes_the_claim(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    import threading
+
+    from hotpod.cli import main
+
+    _, module = project
+    compute = kt.Compute(volumes=[kt.Volume("scratch", "/scratch", size="1Gi")], **SMALL)
+    remote = kt.fn(module.hello, name="logf").to(compute)
+    backend = get_backend()
+    seen: list[str] = []
+    follow = backend.logs("logf", follow=True)
+    threading.Thread(target=lambda: [seen.append(line.pod) for line in follow], daemon=True).start()
+    _kube().request(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/logf",
+        body={"spec": {"replicas": 2}},
+        content_type="application/merge-patch+json",
+    )
+    later = _until(
+        lambda: set(seen) - set(remote.pods), what="a line from the pod that started later"
+    )
+    assert later and later <= {p["metadata"]["name"] for p in k8s.pods(k8s.namespace)}
+    claims = "/api/v1/namespaces/default/persistentvolumeclaims"
+    assert [c["metadata"]["name"] for c in _kube().items(claims)] == ["scratch"]
+    result = CliRunner().invoke(main, ["teardown", "logf", "--volumes"])
+    assert result.exit_code == 0 and "deleted logf" in result.output
+    assert _kube().items(claims) == []

@@ -581,7 +581,11 @@ def test_byo_deployment_and_statefulset_merge_and_keep_their_own() -> None:
     box = main_container(template)
     assert box["image"] == "python:3.12"  # the Compute's image wins
     assert box["volumeMounts"][0] == {"name": "scratch", "mountPath": "/s"}
-    assert [v["name"] for v in template["spec"]["volumes"]] == ["scratch", "hotpod-root"]
+    assert [v["name"] for v in template["spec"]["volumes"]] == [
+        "scratch",
+        "hotpod-root",
+        "hotpod-launch",
+    ]
     assert env_of(box)["LOG"] == "debug"
     assert REPLACED_COMMAND not in template["metadata"].get("annotations", {})
 

@@ -104,6 +104,7 @@ def describe(name: str, as_json: bool) -> None:
             f"{auto['metric']} {auto['observed']:g} per window (target {auto['target']:g}/pod, "
             f"{auto['min_scale']}-{auto['max_scale']} pods{', panic' if auto['panic'] else ''})"
         )
+        click.echo(f"New pods:  {_new_pods_launch(auto)}")
     if d["resources"]:
         click.echo("Resources: " + ", ".join(f"{k}={v}" for k, v in d["resources"].items()))
     if d["labels"]:
@@ -134,6 +135,10 @@ def describe(name: str, as_json: bool) -> None:
             state = f"applied {_when(s.get('at'))}, {took}" if s["applied"] else "not applied"
             click.echo(f"  {i}. {s['step']}  ({state})")
     for p in d["pods"]:
+        app = p.get("app")
+        if app and (app["restarts"] or not app["ready"]):
+            click.echo(f"App on {p['name']}: {_app_state(app)}")
+    for p in d["pods"]:
         error = p["launch_error"]
         if error and error.get("launch_id") != p["launch_id"]:
             click.echo(
@@ -149,6 +154,33 @@ def describe(name: str, as_json: bool) -> None:
         " prints"
     )
     click.echo(f"Diagnose:  hotpod check {d['name']}")
+
+
+def _app_state(app: dict[str, Any]) -> str:
+    """A kt.app's process, when it has exited on its own (the pod starts it again)."""
+    if app["running"] and app["ready"]:
+        state = f"running (pid {app['pid']})"
+    elif app["running"]:
+        state = "started again, not answering yet"
+    elif app.get("restart_in") is not None:
+        state = f"not running; started again in {app['restart_in']:.1f} s"
+    else:
+        state = "not running"
+    return f"{state}; {app['restarts']} restarts, last exit code {app['last_exit']}"
+
+
+def _new_pods_launch(auto: dict[str, Any]) -> str:
+    """Which launch the pods an autoscaler starts get (the last one a pod served)."""
+    text = f"launch {auto['launch']}" if auto.get("launch") else "no launch yet"
+    if auto.get("pending"):
+        text += f"; launch {auto['pending']} is tried first (no pod serves it yet)"
+    failed = auto.get("failed")
+    if failed:
+        text += (
+            f"; launch {failed['launch_id']} failed on {failed['pod']} ({failed['message']}) "
+            "and is not used"
+        )
+    return text
 
 
 @main.command()
@@ -428,14 +460,33 @@ def call(
 @main.command()
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every service, and stop the local controller.")
-def teardown(name: str | None, all_: bool) -> None:
+@click.option(
+    "--volumes",
+    is_flag=True,
+    help="Also delete the claims made for its kt.Volume(size=...) (Kubernetes; kept by default).",
+)
+def teardown(name: str | None, all_: bool, volumes: bool) -> None:
     """Delete a service and its pods (or all of them)."""
     from hotpod.services import teardown as teardown_services
 
     if bool(name) == all_:
         raise click.UsageError("give a service NAME or --all (not both)")
+    if volumes and not name:
+        raise click.UsageError("--volumes deletes the claims of one service: give its NAME")
     try:
-        deleted = teardown_services(name, all=all_)
+        if volumes and name:
+            from hotpod.backends import get_backend
+
+            backend = get_backend()
+            if backend.name != "kubernetes":
+                raise HotpodError(
+                    f"--volumes: the {backend.name} backend makes no volume claims; run "
+                    f"'hotpod teardown {name}' without it"
+                )
+            gone = backend.teardown(name, volumes=True)  # type: ignore[call-arg]
+            deleted = [name] if gone else []
+        else:
+            deleted = teardown_services(name, all=all_)
     except HotpodError as exc:
         _fail(exc)
     if not deleted and not all_:

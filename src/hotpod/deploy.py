@@ -190,12 +190,15 @@ def deploy(
         service = dataclasses.replace(
             wait_ready(backend, client, service, compute.launch_timeout), rollout=service.rollout
         )  # (pods that were up answer the launch itself; one that is not is waited for there)
+        if compute.distribution is not None:  # the peers as they are now that the pods are up
+            spec["distribute"] = distribution_spec(compute, service)
     backend.ship(service, client, spec)  # what the pods lack of the code (when not shared)
     progress = Progress(name, [p.name for p in service.pods])
     try:
         results = client.launch(service.pods, spec, compute.launch_timeout, progress)
     finally:
         progress.close()
+    backend.launched(service, spec)  # pods that start later load it (when the backend can)
     for note in sorted({n for r in results for n in r.get("reported", [])}):
         log.warning("hotpod: %s: %s", name, note)
     reloaded = sum(1 for r in results if r.get("reloaded"))

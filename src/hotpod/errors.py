@@ -33,6 +33,16 @@ class ResourceUnavailableError(DeployError):
     """The backend cannot meet what the Compute asks for (more GPUs than the machine has)."""
 
 
+class ApiError(HotpodError):
+    """The Kubernetes API server refused or failed a request; ``status`` is its HTTP status
+    (0: no answer), ``reason`` its reason (``NotFound``, ``Forbidden``...)."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 class ServiceNotFoundError(HotpodError, LookupError):
     """No service of that name exists on the backend."""
 
@@ -143,6 +153,7 @@ class RemoteTraceback(Exception):
 
 
 __all__ = [
+    "ApiError",
     "BroadcastError",
     "CallError",
     "CallTimeoutError",

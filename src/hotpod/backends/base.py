@@ -190,6 +190,13 @@ class Backend(abc.ABC):
         """
         return self.get(name)
 
+    def launched(self, service: ServiceInfo, spec: dict[str, Any]) -> None:
+        """After every pod of ``service`` loaded ``spec``: keep it where pods that start later
+        find it (a replacement, a scale-up). The default does nothing (the local backend's
+        pods resume their own launch; its autoscaled pods get theirs from ``set_launch``).
+        """
+        return None
+
     def purge_logs(self, name: str) -> bool:
         """Delete the kept logs of a service (emptied while it runs); False if it had none."""
         raise HotpodError(f"the {self.name} backend does not keep logs to purge")

@@ -103,7 +103,7 @@ def _merge_template(
         )
     ours = container(name, compute, runtime_image, PodOptions(port_name=_PORT_NAME))
     replaced = _merge_container(containers[0], ours, compute)
-    spec["volumes"] = _merge_named(spec.get("volumes"), volumes(compute))
+    spec["volumes"] = _merge_named(spec.get("volumes"), volumes(name, compute))
     selector = node_selector(compute)
     if selector:
         spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **selector}

@@ -25,6 +25,10 @@ CONTAINER_NAME = "hotpod"
 POD_ROOT = "/hotpod"
 #: Where Secrets without a known variable name are mounted, one directory per Secret.
 SECRETS_DIR = "/etc/hotpod/secrets"
+#: Where the service's last launch (ConfigMap ``NAME-hotpod-launch``) is mounted: a pod that
+#: starts later (a replacement, a scale-up) loads it and fetches its code from a peer pod.
+LAUNCH_DIR = "/etc/hotpod/launch"
+LAUNCH_KEY = "launch.json"
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "hotpod"}
 SERVICE_LABEL = "hotpod.dev/service"
@@ -34,11 +38,18 @@ GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedu
 
 _ROOT_VOLUME = "hotpod-root"
 _SHM_VOLUME = "hotpod-shm"
+_LAUNCH_VOLUME = "hotpod-launch"
 
 
 def token_secret_name(name: str) -> str:
     """The Secret holding a service's token (key ``token``), which the backend creates."""
     return f"{name}-hotpod-token"
+
+
+def launch_config_name(name: str) -> str:
+    """The ConfigMap holding a service's last launch (key ``launch.json``), which the backend
+    writes after each deploy; optional in the pods, so they start before it exists."""
+    return f"{name}-hotpod-launch"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -114,6 +125,7 @@ def runtime_env(name: str, compute: Compute, options: PodOptions) -> list[dict[s
         {"name": "HOTPOD_PORT", "value": str(RUNTIME_PORT)},
         {"name": "HOTPOD_POD_ROOT", "value": POD_ROOT},
         {"name": "HOTPOD_STORE", "value": f"{POD_ROOT}/store"},
+        {"name": "HOTPOD_LAUNCH_FILE", "value": f"{LAUNCH_DIR}/{LAUNCH_KEY}"},
     ]
     if not options.knative:  # an autoscaled pool has no fixed size, nor downward-API env
         env.append({"name": "HOTPOD_WORLD_SIZE", "value": str(compute.replicas)})
@@ -188,7 +200,10 @@ def container(
 
 
 def volume_mounts(compute: Compute) -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = [{"name": _ROOT_VOLUME, "mountPath": POD_ROOT}]
+    mounts: list[dict[str, Any]] = [
+        {"name": _ROOT_VOLUME, "mountPath": POD_ROOT},
+        {"name": _LAUNCH_VOLUME, "mountPath": LAUNCH_DIR, "readOnly": True},
+    ]
     if compute.shared_memory is not None:
         mounts.append({"name": _SHM_VOLUME, "mountPath": "/dev/shm"})
     for secret in compute.secrets:
@@ -205,8 +220,15 @@ def volume_mounts(compute: Compute) -> list[dict[str, Any]]:
     return mounts
 
 
-def volumes(compute: Compute) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = [{"name": _ROOT_VOLUME, "emptyDir": {}}]
+def volumes(name: str, compute: Compute) -> list[dict[str, Any]]:
+    """The pod's volumes: the runtime's root and launch, shared memory, Secrets, claims."""
+    result: list[dict[str, Any]] = [
+        {"name": _ROOT_VOLUME, "emptyDir": {}},
+        {
+            "name": _LAUNCH_VOLUME,
+            "configMap": {"name": launch_config_name(name), "optional": True},
+        },
+    ]
     if compute.shared_memory is not None:
         result.append(
             {
@@ -249,7 +271,7 @@ def pod_spec(
         spec["nodeSelector"] = selector
     if compute.gpus:
         spec["tolerations"] = [dict(GPU_TOLERATION)]
-    spec["volumes"] = volumes(compute)
+    spec["volumes"] = volumes(name, compute)
     return spec
 
 
@@ -274,6 +296,8 @@ __all__ = [
     "DEFAULT_RUNTIME_IMAGE",
     "GPU_RESOURCE",
     "GPU_TOLERATION",
+    "LAUNCH_DIR",
+    "LAUNCH_KEY",
     "MANAGED_BY",
     "POD_ROOT",
     "PodOptions",
@@ -283,6 +307,7 @@ __all__ = [
     "SERVICE_LABEL",
     "container",
     "image_ref",
+    "launch_config_name",
     "node_selector",
     "object_labels",
     "object_meta",

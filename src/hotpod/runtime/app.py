@@ -5,6 +5,8 @@ Endpoints::
     GET  /health            liveness and readiness (no token)
     POST /call              call the service's function
     POST /call/{method}     call a method of the service's instance
+    POST /_hotpod/relay     a call passed on to the pod's other processes or to other pods
+                            (see ``relay``)
     POST /_hotpod/launch    load a launch spec (code, init args, env), reloading only what changed
     POST /_hotpod/store/... what a launch needs from the store, for a pod with its own store
                             (see ``storeapi``)
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hotpod import wire
-from hotpod.runtime import debug, logs, storeapi
+from hotpod.runtime import debug, logs, relay, storeapi
 from hotpod.runtime.apps import AppRunner
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _send_bytes, _send_json
 from hotpod.runtime.calls import CallsMixin
@@ -119,6 +121,13 @@ class PodApp(LaunchMixin, CallsMixin):
             await storeapi.handle(self.state, scope, receive, send)
             return
         is_call = path == "/call" or path.startswith("/call/")
+        if path == relay.PATH:  # a call passed on to other processes or pods (``relay``)
+            self._check_auth(scope)
+            self._check_protocol(scope)
+            if method != "POST":
+                raise HTTPError(405, f"use POST {path}")
+            await relay.handle(self, scope, receive, send)
+            return
         if not is_call and path not in ("/_hotpod/launch", "/_hotpod/info", "/_hotpod/debug"):
             raise HTTPError(404, f"no endpoint {path}; calls go to POST /call or /call/METHOD")
         self._check_auth(scope)
@@ -176,6 +185,8 @@ class PodApp(LaunchMixin, CallsMixin):
         st = self.state
         info = self._health()
         info.update(service=st.service, started=st.started, venv=str(st.venv) if st.venv else None)
+        if self.apps.current is not None:  # kt.app: its process, restarts, last exit
+            info["app"] = self.apps.state()
         if st.loaded:
             spec = st.loaded.spec
             info.update(kind=spec.get("kind"), code=spec.get("code"), service=spec.get("service"))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
 from hotpod.distribute import COLLECTIVE_KINDS, DISTRIBUTION_ENV, formation, worker_env
+from hotpod.runtime import relay, storeapi
 from hotpod.runtime.apps import AppError, AppRunner, check_app_spec
 from hotpod.runtime.asgi import (
     HTTPError,
@@ -118,6 +119,8 @@ class LaunchMixin:
         last served. False if the handed-over launch failed (the supervisor then keeps the old
         worker), or if nothing could be loaded."""
         st = self.state
+        if relay.local_rank():  # another process of a pod: local rank 0 loads its launch
+            return True
         restart, st.request_restart = st.request_restart, None  # resuming never asks again
         try:
             handed = _read_json(st.next_launch_file)
@@ -129,6 +132,8 @@ class LaunchMixin:
                     return True
                 failure = _read_json(st.launch_error_file)  # what the client waits to hear
             spec = _read_json(st.launch_file)
+            if spec is None and handed is None:  # a new pod: the service's last launch, if any
+                spec = await storeapi.cluster_launch(st)
             ok = spec is None or await self._try_launch(spec) is None
             if failed is not None:
                 if failure is not None:  # the fallback's outcome must not hide it
@@ -256,6 +261,8 @@ class LaunchMixin:
         st = self.state
         try:
             result = await self._apply_launch(spec, emit)
+            if not result.get("restarting"):  # num_proc > 1: the pod's other processes too
+                await relay.launch_siblings(st, spec)
         except (LoadError, SetupError) as exc:
             st.metrics.launched("failed")
             self._keep_error(spec, exc)
@@ -289,6 +296,8 @@ class LaunchMixin:
         self._write_error(error)
 
     def _write_error(self, error: dict[str, Any]) -> None:
+        if relay.local_rank():  # (local rank 0 reports its pod's launches)
+            return
         path = self.state.launch_error_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,13 +318,17 @@ class LaunchMixin:
         if isinstance(world, int) and world > 0:  # the pool may have been scaled since we started
             os.environ["HOTPOD_WORLD_SIZE"] = str(world)
             if isinstance(dist, dict):  # and so may the peers: WORLD_SIZE, HOTPOD_PEERS...
-                rank = int(os.environ.get("HOTPOD_RANK", "0"))
+                rank = storeapi.own_rank(dist["peers"])
+                st.rank = rank
+                os.environ["HOTPOD_RANK"] = str(rank)
                 env = worker_env(
                     dist["kind"],
                     rank=rank,
                     world_size=world,
                     peers=dist["peers"],
                     port=dist.get("port"),
+                    num_proc=int(dist.get("num_proc") or os.environ.get("HOTPOD_NUM_PROC") or 1),
+                    local_rank=relay.local_rank(),
                 )
                 before = dict(os.environ)
                 reform = formation(before) != formation(env) and (
@@ -366,6 +379,8 @@ class LaunchMixin:
 
         root = self.state.root
         loop = asyncio.get_running_loop()
+        if os.environ.get("HOTPOD_RAY_ROLE"):  # a KubeRay pod: its command started Ray already
+            return
         if isinstance(dist, dict) and dist.get("kind") == "ray":
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             try:
@@ -415,6 +430,8 @@ class LaunchMixin:
         return {"reloaded": True, "restarting": False, "app_pid": app.pid, "app_port": app.port}
 
     def _persist(self, spec: dict[str, Any], path: Path | None = None) -> None:
+        if relay.local_rank():  # (the pod's files are local rank 0's)
+            return
         path = path or self.state.launch_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -9,23 +9,44 @@ Endpoints (the service token is required, as everywhere but ``/health``)::
     POST /_hotpod/store/manifest/ID    a manifest's JSON; stored only if it hashes to ID and
                                        every blob it names is in the store already
 
+    GET  /_hotpod/store/blob/DIGEST    the blob's bytes (404 when this store lacks it)
+    GET  /_hotpod/store/manifest/ID    the manifest's JSON (404 when this store lacks it)
+
 A store that has a manifest has all of its blobs (the store's rule), so a client uploads the
 missing blobs first, then the manifests. Bodies are limited: a query to ``MAX_QUERY`` bytes, a
 manifest to ``MAX_MANIFEST``, a blob to the pod's ``HOTPOD_MAX_BODY_BYTES`` (4 GiB).
+
+**Pods that start later** (a pod the cluster replaces, a scale-up): the backend writes the
+service's last launch and the pods that served it to ``HOTPOD_LAUNCH_FILE`` (a ConfigMap
+mounted in every pod). A pod that starts with no launch of its own reads it
+(:func:`cluster_launch`), fetches what it lacks from those peers with the GET endpoints (the
+service token from its environment), and loads it, with no client involved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body, _send_json
+from hotpod import wire
+from hotpod.runtime.asgi import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    _header,
+    _read_body,
+    _send_bytes,
+    _send_json,
+)
 from hotpod.runtime.state import PodState
-from hotpod.store import LocalStore, Manifest, StoreError, check_digest
+from hotpod.store import LocalStore, Manifest, Store, StoreError, check_digest
 
 PREFIX = "/_hotpod/store/"
 MAX_QUERY = 16 << 20
@@ -35,9 +56,12 @@ _MAX_NAMES = 1_000_000
 
 async def handle(state: PodState, scope: Scope, receive: Receive, send: Send) -> None:
     """Answer a request to a path under :data:`PREFIX` (authenticated by the caller)."""
-    if scope["method"] != "POST":
-        raise HTTPError(405, f"use POST {scope['path']}")
     what, _, name = scope["path"][len(PREFIX) :].partition("/")
+    if scope["method"] == "GET" and what in ("blob", "manifest") and name:
+        await _serve(state, what, name, send)
+        return
+    if scope["method"] != "POST":
+        raise HTTPError(405, f"use POST {scope['path']} (GET for a blob or a manifest)")
     if what == "missing" and not name:
         await _send_json(send, 200, _missing(state, await _read_body(scope, receive, MAX_QUERY)))
     elif what == "blob" and name:
@@ -146,3 +170,176 @@ def _put_manifest(state: PodState, manifest_id: str, body: bytes) -> None:
             f"{min(lacking)}); upload them first",
         )
     state.store.put_manifest(manifest)
+
+
+async def _serve(state: PodState, what: str, name: str, send: Send) -> None:
+    """A blob or a manifest of this store, for a peer pod that lacks it."""
+    _check(name, "digest" if what == "blob" else "manifest id")
+    store = state.store
+    if what == "manifest":
+        if not store.has_manifest(name):
+            raise HTTPError(404, f"this pod's store has no manifest {name}")
+        await _send_bytes(send, 200, store.get_manifest(name).to_json().encode(), wire.CT_JSON)
+        return
+    if store.missing([name]):
+        raise HTTPError(404, f"this pod's store has no blob {name}")
+    data = await asyncio.get_running_loop().run_in_executor(None, store.get_bytes, name)
+    await _send_bytes(send, 200, data, "application/octet-stream")
+
+
+# -- the client side: what a launch needs, and a new pod fetching it from its peers -----------
+
+
+def wanted(spec: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """The blobs and manifests (ids) a launch spec names directly: the code manifest, the
+    by-value object and init args, the manifests of the image's steps."""
+    blobs: set[str] = set()
+    manifests: list[str] = []
+    code = spec.get("code") or {}
+    if code.get("manifest"):
+        manifests.append(code["manifest"])
+    for blob in (code.get("by_value"), spec.get("init")):
+        if blob:
+            blobs.add(blob)
+    for step in (spec.get("image") or {}).get("steps") or []:
+        if step.get("manifest"):
+            manifests.append(step["manifest"])
+        manifests.extend(v for v in (step.get("local") or {}).values() if isinstance(v, str))
+    return blobs, list(dict.fromkeys(manifests))
+
+
+class FetchError(Exception):
+    """No peer could give what a launch needs."""
+
+
+class PeerFetcher:
+    """Gets blobs and manifests from the first peer pod that has them (GET endpoints)."""
+
+    def __init__(self, store: Store, token: str, peers: Sequence[str], timeout: float = 60.0):
+        import httpx
+
+        self.store = store
+        self.peers = list(peers)
+        self.http = httpx.Client(
+            headers={
+                "Authorization": f"Bearer {token}",
+                wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION,
+            },
+            timeout=timeout,
+        )
+        self.errors: list[str] = []
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _get(self, path: str) -> bytes:
+        import httpx
+
+        for peer in list(self.peers):
+            try:
+                resp = self.http.get(f"http://{peer}{PREFIX}{path}")
+            except httpx.HTTPError as exc:  # gone: not asked again
+                self.errors.append(f"{peer}: {type(exc).__name__}: {exc}")
+                self.peers.remove(peer)
+                continue
+            if resp.status_code == 200:
+                return resp.content
+            self.errors.append(f"{peer}: HTTP {resp.status_code}: {resp.text[:200]}")
+        raise FetchError(f"no peer has {path}")
+
+    def blob(self, digest: str) -> None:
+        data = self._get(f"blob/{digest}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise FetchError(f"a peer's blob {digest} hashes to something else")
+        self.store.put_bytes(data)
+
+    def fetch(self, spec: dict[str, Any]) -> int:
+        """Bring the store up to the launch; the number of blobs fetched."""
+        blobs, manifests = wanted(spec)
+        need = set(self.store.missing(blobs))
+        lacking = [m for m in manifests if not self.store.has_manifest(m)]
+        fetched = []
+        for manifest_id in lacking:
+            manifest = Manifest.from_json(self._get(f"manifest/{manifest_id}"))
+            if manifest.id != manifest_id:
+                raise FetchError(f"a peer's manifest {manifest_id} hashes to {manifest.id}")
+            fetched.append(manifest)
+            need |= self.store.missing(manifest.digests)
+        for digest in sorted(need):
+            self.blob(digest)
+        for manifest in fetched:
+            self.store.put_manifest(manifest)
+        return len(need)
+
+
+def own_address() -> str | None:
+    """``POD_IP:PORT`` as the backend lists this pod's address, when the pod knows its IP."""
+    ip = os.environ.get("HOTPOD_POD_IP")
+    return f"{ip}:{os.environ.get('HOTPOD_PORT', '')}" if ip else None
+
+
+def own_rank(peers: Sequence[str]) -> int:
+    """This pod's rank in a distributed pool: its place among the launch's ``peers`` (a pod on
+    Kubernetes, whose rank the backend gives only there), else ``HOTPOD_RANK`` (the local
+    backend sets it when it starts the pod), else 0."""
+    me = own_address()
+    if me is not None and me in peers:
+        return list(peers).index(me)
+    return int(os.environ.get("HOTPOD_RANK", "0"))
+
+
+def read_cluster_launch() -> dict[str, Any] | None:
+    """The service's last launch as the backend recorded it (``HOTPOD_LAUNCH_FILE``)."""
+    path = os.environ.get("HOTPOD_LAUNCH_FILE")
+    if not path:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"hotpod: ignoring the unreadable launch {path}: {exc}", flush=True)
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        return None
+    return doc
+
+
+async def cluster_launch(state: PodState) -> dict[str, Any] | None:
+    """For a pod that starts with no launch: the service's last one, its code fetched from the
+    pods that served it. None when there is none, when this pod cannot take a place in it (a
+    distributed pool whose peers do not list this pod: it joins at the next ``.to()``), or when
+    no peer could give the code (said in the pod's log)."""
+    doc = read_cluster_launch()
+    if doc is None:
+        return None
+    spec: dict[str, Any] = doc["spec"]
+    me = own_address()
+    dist = spec.get("distribute")
+    if isinstance(dist, dict) and me not in (dist.get("peers") or []):
+        print(
+            f"hotpod: not loading launch {spec.get('launch_id')}: this pod is not among the "
+            "distributed pool's peers; it joins the pool at the next .to()",
+            flush=True,
+        )
+        return None
+    peers = [p for p in doc.get("peers") or [] if isinstance(p, str) and p != me]
+    fetcher = PeerFetcher(state.store, state.token, peers)
+    try:
+        count = await asyncio.get_running_loop().run_in_executor(None, fetcher.fetch, spec)
+    except (FetchError, StoreError) as exc:
+        print(
+            f"hotpod: could not fetch the code of launch {spec.get('launch_id')} from the "
+            f"service's pods ({exc}; {'; '.join(fetcher.errors[-3:]) or 'no peers listed'}); "
+            "this pod serves after the next .to()",
+            flush=True,
+        )
+        return None
+    finally:
+        fetcher.close()
+    if state.loaded is not None:  # a launch came meanwhile: it is newer
+        return None
+    print(
+        f"hotpod: fetched {count} blob(s) of launch {spec.get('launch_id')} from peers", flush=True
+    )
+    return spec

@@ -25,24 +25,32 @@ import base64
 import builtins
 import dataclasses
 import json
-import queue
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hotpod import loglines, transport
+from hotpod import transport
 from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
 from hotpod.backends.k8s import pods as podstate
 from hotpod.backends.k8s.bootstrap import apply_bootstrap
 from hotpod.backends.k8s.kube import ApiError, Credentials, Kube, collection, object_path
+from hotpod.backends.k8s.observe import ObserveMixin
 from hotpod.backends.k8s.ship import Shipper
 from hotpod.backends.k8s.watch import PodWatch
 from hotpod.config import Settings
 from hotpod.errors import DeployError, HotpodError, ServiceNotFoundError
-from hotpod.k8s.pod import MANAGED_BY, RUNTIME_PORT, SERVICE_LABEL, token_secret_name
+from hotpod.k8s.compile import KNATIVE_API
+from hotpod.k8s.pod import (
+    LAUNCH_KEY,
+    MANAGED_BY,
+    RUNTIME_PORT,
+    SERVICE_LABEL,
+    launch_config_name,
+    token_secret_name,
+)
 from hotpod.store import LocalStore, Store
 
 if TYPE_CHECKING:
@@ -50,9 +58,6 @@ if TYPE_CHECKING:
 
 TEMPLATE_LABEL = "hotpod.dev/template"
 META_ANNOTATION = "hotpod.dev/meta"
-#: how long a pod may stay Pending unschedulable, or waiting for its image, before ``.to()``
-#: fails (at most; a quarter of the launch timeout when that is shorter)
-GRACE_SECONDS = 10.0
 _MANAGED = "app.kubernetes.io/managed-by=hotpod"
 
 
@@ -70,9 +75,10 @@ def _route(creds: Credentials) -> transport.Route:
     )
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(ObserveMixin, Backend):
     name = "kubernetes"
     applies_manifests = True
+    adopts_pods = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -80,6 +86,7 @@ class KubernetesBackend(Backend):
         self._lock = threading.Lock()
         self._watches: dict[tuple[str, str], PodWatch] = {}
         self._namespaces: dict[str, str] = {}  # services applied here in another namespace
+        self._selectors: dict[str, str] = {}  # services of existing pods: their label selector
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -124,15 +131,8 @@ class KubernetesBackend(Backend):
         return LocalStore(self.settings.store_dir)
 
     def check(self, plan: Plan) -> None:
-        compute = plan.compute
-        if compute is None:
+        if plan.compute is None:
             raise DeployError(f"service {plan.name!r}: the Kubernetes backend needs the Compute")
-        if compute.uses_existing_pods:
-            raise DeployError(
-                f"Compute(selector={dict(compute.selector or {})!r}) points at existing pods, "
-                "which the Kubernetes backend cannot adopt yet; drop selector= to let hotpod "
-                "make the pool"
-            )
 
     def apply(self, plan: Plan) -> ServiceInfo:
         from hotpod.k8s import compile_manifests
@@ -167,9 +167,17 @@ class KubernetesBackend(Backend):
             (o for o in objects if o["kind"] not in ("Service", "PersistentVolumeClaim")), None
         )
         before = kube.find(object_path(workload, ns)) if workload is not None else None
+        dist = compute.distribution
         meta = {
             **plan.meta,
-            "replicas": plan.replicas,
+            **(
+                {"distribute": dist.to_dict(), "dist_port": dist.rendezvous_port}
+                if dist is not None
+                else {}
+            ),
+            "replicas": None if compute.uses_existing_pods else plan.replicas,
+            "autoscale": compute.autoscaling is not None,
+            "selector": _selector_text(compute.selector) if compute.uses_existing_pods else None,
             "labels": plan.labels,
             "template": template,
             "objects": made,
@@ -179,6 +187,15 @@ class KubernetesBackend(Backend):
                 if plan.template.get(k)
             },
         }
+        if meta["selector"]:  # existing pods: there must be some
+            self._selectors[plan.name] = meta["selector"]
+            if not kube.items(collection("v1", "Pod", ns), meta["selector"]):
+                raise DeployError(
+                    f"Compute(selector={dict(compute.selector or {})!r}): no pod in namespace "
+                    f"{ns!r} has these labels. The selector adopts pods that already run "
+                    "hotpod's runtime (docs/kubernetes.md, 'Existing pods'); drop selector= to "
+                    "let hotpod make the pool"
+                )
         self._ensure_secret(plan.name, ns, meta)
         for obj in objects:
             self._apply_object(obj, ns)
@@ -201,10 +218,11 @@ class KubernetesBackend(Backend):
         for _ in range(3):
             found = kube.find(path)
             if found is not None:
+                labels = {**MANAGED_BY, SERVICE_LABEL: name}  # (a Secret the user made first)
                 kube.request(
                     "PATCH",
                     path,
-                    body={"metadata": {"annotations": notes}},
+                    body={"metadata": {"annotations": notes, "labels": labels}},
                     content_type="application/merge-patch+json",
                 )
                 return _token(found)
@@ -266,7 +284,10 @@ class KubernetesBackend(Backend):
                 return found
             if not watch.alive:
                 self._watches.pop((ns, name), None)
-        return self.kube.items(collection("v1", "Pod", ns), f"{SERVICE_LABEL}={name}")
+        return self.kube.items(collection("v1", "Pod", ns), self._selector(name))
+
+    def _selector(self, name: str) -> str:
+        return self._selectors.get(name) or f"{SERVICE_LABEL}={name}"
 
     def watch(self, name: str) -> None:
         """Keep the service's pods current by watching them (while somebody asks)."""
@@ -275,15 +296,12 @@ class KubernetesBackend(Backend):
         with self._lock:
             current = self._watches.get((ns, name))
             if current is None or not current.alive:
-                self._watches[(ns, name)] = PodWatch(kube, ns, f"{SERVICE_LABEL}={name}")
+                self._watches[(ns, name)] = PodWatch(kube, ns, self._selector(name))
 
     def _info(self, secret: dict[str, Any], pods: list[dict[str, Any]], ns: str) -> ServiceInfo:
         meta_obj = secret.get("metadata") or {}
         name = (meta_obj.get("labels") or {}).get(SERVICE_LABEL) or meta_obj["name"]
-        try:
-            meta = json.loads((meta_obj.get("annotations") or {}).get(META_ANNOTATION) or "{}")
-        except ValueError:
-            meta = {}
+        meta = _meta_of(secret)
         template = meta.get("template")
         current = [
             p
@@ -306,14 +324,37 @@ class KubernetesBackend(Backend):
             pods=infos,
             created_at=created,
             labels=dict(meta.get("labels") or {}),
-            meta={k: meta[k] for k in ("kind", "qualname", "module") if k in meta},
+            meta={
+                **{k: meta[k] for k in ("kind", "qualname", "module", "dist_port") if k in meta},
+                **(self._router(name, ns) if meta.get("autoscale") else {}),
+            },
             template={
                 "cpus": resources.get("cpus"),
                 "memory_bytes": resources.get("memory_bytes"),
                 "gpus": resources.get("gpus"),
                 "namespace": ns,
+                **({"distribute": meta["distribute"]} if meta.get("distribute") else {}),
             },
         )
+
+    def _router(self, name: str, ns: str) -> dict[str, Any]:
+        """Where the calls of an autoscaled pool go, one pod each: Knative's route. In the
+        cluster its address (``status.address.url``: through Knative's activator, so a pool at
+        zero scales up); from outside, the API server's proxy to the Kubernetes Service Knative
+        makes for the latest ready revision (``{revision}``, port ``http``)."""
+        found = self.kube.find(f"{collection(KNATIVE_API, 'Service', ns)}/{name}") or {}
+        status = found.get("status") or {}
+        if self.reach == "direct":
+            url = (status.get("address") or {}).get("url")
+        else:
+            revision = status.get("latestReadyRevisionName") or status.get(
+                "latestCreatedRevisionName"
+            )
+            url = (
+                revision
+                and f"{self.kube.server}{collection('v1', 'Service', ns)}/{revision}:http/proxy"
+            )
+        return {"router": {"url": url}} if url else {}
 
     def _pod_info(self, pod: dict[str, Any], rank: int, ns: str) -> PodInfo:
         meta = pod.get("metadata") or {}
@@ -342,6 +383,9 @@ class KubernetesBackend(Backend):
                 f"{self.kube.server}; 'hotpod list' shows what runs (HOTPOD_NAMESPACE picks "
                 "another namespace)"
             )
+        selector = _meta_of(secret).get("selector")
+        if selector:
+            self._selectors[name] = str(selector)
         return self._info(secret, self._pods(name, ns), ns)
 
     def list(self) -> builtins.list[ServiceInfo]:
@@ -354,9 +398,15 @@ class KubernetesBackend(Backend):
         out = []
         for secret in found:
             labels = (secret.get("metadata") or {}).get("labels") or {}
-            if secret["metadata"]["name"] != token_secret_name(labels.get(SERVICE_LABEL, "")):
+            service = labels.get(SERVICE_LABEL, "")
+            if secret["metadata"]["name"] != token_secret_name(service):
                 continue
-            out.append(self._info(secret, by_service.get(labels[SERVICE_LABEL], []), ns))
+            selector = _meta_of(secret).get("selector")
+            if selector:  # existing pods, by their own labels
+                pods = self.kube.items(collection("v1", "Pod", ns), str(selector))
+            else:
+                pods = by_service.get(service, [])
+            out.append(self._info(secret, pods, ns))
         return sorted(out, key=lambda s: s.name)
 
     # -- teardown -------------------------------------------------------------------------
@@ -369,14 +419,7 @@ class KubernetesBackend(Backend):
         if watch is not None:
             watch.stop()
         secret = kube.find(self._secret_path(name, ns))
-        meta: dict[str, Any] = {}
-        if secret is not None:
-            try:
-                meta = json.loads(
-                    (secret["metadata"].get("annotations") or {}).get(META_ANNOTATION) or "{}"
-                )
-            except ValueError:
-                meta = {}
+        meta = _meta_of(secret) if secret is not None else {}
         deleted = False
         for api_version, kind, obj_name, obj_ns in meta.get("objects") or []:
             if kind == "PersistentVolumeClaim" and not volumes:
@@ -384,160 +427,44 @@ class KubernetesBackend(Backend):
             path = f"{collection(api_version, kind, obj_ns)}/{obj_name}"
             deleted = kube.delete(path) or deleted
         selector = f"{SERVICE_LABEL}={name}"
-        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod")):
+        for api_version, kind in (
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("v1", "ConfigMap"),
+            ("v1", "Pod"),
+        ):
             path = collection(api_version, kind, ns)
             for obj in kube.items(path, selector):
                 deleted = kube.delete(f"{path}/{obj['metadata']['name']}") or deleted
         if secret is not None:
             deleted = kube.delete(self._secret_path(name, ns)) or deleted
         self._namespaces.pop(name, None)
+        self._selectors.pop(name, None)
         return deleted
 
     def teardown_all(self) -> builtins.list[str]:
         names = [s.name for s in self.list()]
         return [n for n in names if self.teardown(n)]
 
-    # -- logs -------------------------------------------------------------------------------
-
-    def _log_path(self, ns: str, pod: str) -> str:
-        return f"{collection('v1', 'Pod', ns)}/{pod}/log"
-
-    def read_log(
-        self, pod: str, ns: str, tail: int | None = None, previous: bool = False
-    ) -> builtins.list[str]:
-        query = {"container": "hotpod", "tailLines": tail, "previous": "true" if previous else None}
-        text = self.kube.request("GET", self._log_path(ns, pod), query=query, raw=True)
-        return str(text).splitlines()
-
-    def logs(
-        self,
-        name: str,
-        pod: str | None = None,
-        follow: bool = False,
-        tail: int | None = None,
-        keep: loglines.LogFilter | None = None,
-    ) -> Iterator[loglines.LogLine]:
-        ns = self.namespace(name)
-        names = sorted((p for p in self._pods(name, ns)), key=podstate.rank_key)
-        pods = [p["metadata"]["name"] for p in names]
-        if pod is not None:
-            if pod not in pods:
-                raise ServiceNotFoundError(
-                    f"service {name!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
-                )
-            pods = [pod]
-        if not pods:
-            raise ServiceNotFoundError(
-                f"no pods of service {name!r} in namespace {ns!r}: their logs went with them"
-            )
-        if follow:
-            return self._follow(pods, ns, tail, keep)
-        return loglines.merge(
-            [
-                loglines.read(p, self.read_log(p, ns, None if keep else tail), keep, tail)
-                for p in pods
-            ]
-        )
-
-    def _follow(
-        self,
-        pods: builtins.list[str],
-        ns: str,
-        tail: int | None,
-        keep: loglines.LogFilter | None,
-    ) -> Iterator[loglines.LogLine]:
-        lines: queue.Queue[loglines.LogLine | None] = queue.Queue()
-
-        def pump(pod: str) -> None:
-            last = ""
-            query = {"container": "hotpod", "follow": "true", "tailLines": tail}
-            try:
-                for raw in self.kube.stream(self._log_path(ns, pod), query):
-                    line = loglines.parse(pod, raw.decode("utf-8", "replace").rstrip("\r"), last)
-                    last = line.ts
-                    if keep is None or keep.keep(line):
-                        lines.put(line)
-            except HotpodError:
-                pass
-            finally:
-                lines.put(None)
-
-        for p in pods:
-            threading.Thread(target=pump, args=(p,), daemon=True).start()
-        open_streams = len(pods)
-        while open_streams:
-            item = lines.get()
-            if item is None:
-                open_streams -= 1
-            else:
-                yield item
-
     # -- deploy hooks -----------------------------------------------------------------------
 
-    def diagnose(
-        self,
-        service: ServiceInfo,
-        pending: Sequence[PodInfo],
-        restarts0: Mapping[str, int],
-        waited: float,
-        timeout: float,
-    ) -> None:
+    def launched(self, service: ServiceInfo, spec: dict[str, Any]) -> None:
+        """Record the launch in the ConfigMap ``NAME-hotpod-launch`` that every pod mounts, with
+        the pods that serve it: a pod that starts later loads it and fetches the code from them
+        (:func:`hotpod.runtime.storeapi.cluster_launch`)."""
         ns = self.namespace(service.name)
-        self.watch(service.name)
-        raw = {p["metadata"]["name"]: p for p in self._pods(service.name, ns)}
-        names = [p.name for p in pending if p.name in raw]
-        events: list[dict[str, Any]] = []
-        if any(
-            podstate.unschedulable(raw[n]) is None and _phase(raw[n]) == "Pending" for n in names
-        ) or (waited >= timeout):
-            events = self.kube.items(collection("v1", "Event", ns))
-        grace = min(GRACE_SECONDS, timeout / 4)
-        found = []
-        for n in names:
-            trouble = podstate.trouble(raw[n], events, restarts0.get(n, 0))
-            if trouble is None:
-                continue
-            found.append(trouble)
-            late = trouble.kind != "scaling" and waited >= grace
-            if trouble.final or late:
-                raise DeployError(
-                    f"service {service.name!r}: {trouble.message}"
-                    + self._log_tail(raw[n], ns, trouble.kind)
-                    + f"\nRun 'hotpod describe {service.name}'"
-                    + (
-                        f" and 'hotpod logs {service.name}'."
-                        if trouble.kind == "crashloop"
-                        else "."
-                    )
-                )
-        if waited >= timeout:
-            ready = len(service.pods) - len(pending)
-            why = "; ".join(t.message for t in found) or ", ".join(
-                f"{p.name} ({p.status})" for p in pending
-            )
-            if len(service.pods) < service.replicas:
-                why += (
-                    f"{'; ' if why else ''}only {len(service.pods)} of {service.replicas} pods exist "
-                    "(the workload's controller may be failing to make them: "
-                    f"'kubectl describe' the workload of {service.name!r} in {ns!r})"
-                )
-            raise DeployError(
-                f"service {service.name!r}: {ready}/{service.replicas} pods ready after "
-                f"{timeout:g} s. Not ready: {why}. Run 'hotpod describe {service.name}'."
-            )
-
-    def _log_tail(self, pod: dict[str, Any], ns: str, kind: str) -> str:
-        if kind != "crashloop":
-            return ""
-        name = pod["metadata"]["name"]
-        for previous in (True, False):
-            try:
-                lines = self.read_log(name, ns, tail=20, previous=previous)
-            except HotpodError:
-                continue
-            if lines:
-                return " Its log ends with:\n" + "\n".join(lines)
-        return " Its log is empty."
+        doc = {"spec": spec, "peers": [p.address for p in service.pods if p.address]}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": launch_config_name(service.name),
+                "namespace": ns,
+                "labels": {**MANAGED_BY, SERVICE_LABEL: service.name},
+            },
+            "data": {LAUNCH_KEY: json.dumps(doc, sort_keys=True)},
+        }
+        self._apply_object(body, ns)
 
     def ship(self, service: ServiceInfo, client: PodClient, spec: dict[str, Any]) -> None:
         shipper = Shipper(self.store(), service.token, service.name)
@@ -547,8 +474,18 @@ class KubernetesBackend(Backend):
             shipper.close()
 
 
-def _phase(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
+def _selector_text(selector: Mapping[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((selector or {}).items()))
+
+
+def _meta_of(secret: dict[str, Any]) -> dict[str, Any]:
+    """What the token Secret's annotation records of the service ({} when unreadable)."""
+    notes = (secret.get("metadata") or {}).get("annotations") or {}
+    try:
+        meta = json.loads(notes.get(META_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _template_of(workload: dict[str, Any]) -> str | None:

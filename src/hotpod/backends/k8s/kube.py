@@ -5,7 +5,7 @@ owns authentication and TLS; requests go through its ``ApiClient`` with JSON bod
 read as plain dicts (kr8s' style: objects are data, not generated model classes), so that one
 small set of verbs serves every kind the compiler emits, custom resources included.
 
-Errors of the API are translated here into :class:`ApiError` (a ``HotpodError``) that says what
+Errors of the API are translated here into :class:`hotpod.errors.ApiError` that says what
 was asked, what the server answered and what to do.
 """
 
@@ -20,11 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 from hotpod.config import KubeSettings
-from hotpod.errors import ConfigError, HotpodError
+from hotpod.errors import ApiError, ConfigError
 
 _PLURALS = {
     "Service": "services",
     "Secret": "secrets",
+    "ConfigMap": "configmaps",
     "Pod": "pods",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Event": "events",
@@ -36,15 +37,6 @@ _PLURALS = {
     "JobSet": "jobsets",
 }
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-class ApiError(HotpodError):
-    """The API server refused or failed a request; ``status`` is its HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 def collection(api_version: str, kind: str, namespace: str) -> str:
@@ -224,7 +216,14 @@ class Kube:
         finished = False
         try:
             pending = b""
-            for chunk in raw.stream(65536, decode_content=True):
+            chunks = raw.stream(65536, decode_content=True)
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception as exc:  # urllib3's: the server ended the answer mid-stream
+                    raise ApiError(f"GET {path}: the answer broke off ({exc})") from None
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 yield from lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hotpod.k8s.compile import ROLE_LABEL
 from hotpod.k8s.pod import CONTAINER_NAME
 
 #: the pod-index label the StatefulSet and indexed Job controllers set: a stable rank
@@ -28,6 +29,8 @@ def rank_key(pod: dict[str, Any]) -> tuple[int, str, str]:
     """Pods in a stable order: by their index label (StatefulSet, indexed Job), else by age,
     then name, so that pods keep their ranks while others come and go after them."""
     labels = _meta(pod).get("labels") or {}
+    if labels.get(ROLE_LABEL) == "head":  # a Ray pool's head is rank 0 (its calls go there)
+        return (-1, "", _meta(pod).get("name", ""))
     for label in POD_INDEX_LABELS:
         value = labels.get(label)
         if isinstance(value, str) and value.isdigit():

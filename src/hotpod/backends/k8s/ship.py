@@ -18,27 +18,10 @@ from typing import Any
 from hotpod import transport, wire
 from hotpod.backends.base import PodInfo
 from hotpod.errors import DeployError
+from hotpod.runtime.storeapi import PREFIX, wanted
 from hotpod.store import Store
 
-PREFIX = "/_hotpod/store/"
 TIMEOUT = 300.0
-
-
-def wanted(spec: dict[str, Any]) -> tuple[set[str], list[str]]:
-    """The blobs and manifests (ids) a launch spec names directly."""
-    blobs: set[str] = set()
-    manifests: list[str] = []
-    code = spec.get("code") or {}
-    if code.get("manifest"):
-        manifests.append(code["manifest"])
-    for blob in (code.get("by_value"), spec.get("init")):
-        if blob:
-            blobs.add(blob)
-    for step in (spec.get("image") or {}).get("steps") or []:
-        if step.get("manifest"):
-            manifests.append(step["manifest"])
-        manifests.extend(v for v in (step.get("local") or {}).values() if isinstance(v, str))
-    return blobs, list(dict.fromkeys(manifests))
 
 
 class Shipper:
