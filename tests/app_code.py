@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,10 +36,18 @@ async def echo(request: Request) -> JSONResponse:
     )
 
 
+async def bye(request: Request) -> PlainTextResponse:
+    """Answer, then exit with code 3 (an app that crashes after a request)."""
+    print("app_code: exiting with code 3", flush=True)
+    threading.Timer(0.1, os._exit, (3,)).start()
+    return PlainTextResponse("bye")
+
+
 app = Starlette(
     routes=[
         Route("/hello", hello),
         Route("/health", health),
         Route("/echo", echo, methods=["POST"]),
+        Route("/bye", bye),
     ]
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -181,3 +182,155 @@ def test_an_app_that_exits_at_once_fails_the_deploy_with_its_output(hotpod_home)
         kt.app(command, name="quitter").to(kt.Compute(cpus="0.5", launch_timeout=30))
     assert "boom: no config file" in str(info.value)
     kt.teardown("quitter")
+
+
+ONE_REQUEST_SERVER = """
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["HOTPOD_APP_PORT"])))
+s.listen()
+print("one-request server up", flush=True)
+while True:
+    c, _ = s.accept()
+    path = c.recv(65536).split(b" ")[1]
+    c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\nconnection: close\\r\\n\\r\\nok")
+    c.close()
+    if path != b"/health":
+        sys.exit(3)  # exits after its first real request
+"""
+
+
+async def _proxied(runner: AppRunner, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"method": "GET", "path": "/app" + path, "headers": [], "query_string": b""}
+    await runner.proxy(scope, receive, send, 1 << 20)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent)
+
+
+def test_an_app_that_exits_is_started_again_after_a_back_off(tmp_path, monkeypatch):
+    import hotpod.runtime.apps as apps
+
+    monkeypatch.setattr(apps, "RESTART_MIN", 0.6)
+    monkeypatch.setenv("HOTPOD_SERVICE", "one-shot")
+    log = io.StringIO()
+    runner = AppRunner(tmp_path, "one-shot-0", 0, log)
+    spec = {"command": ["python", "-c", ONE_REQUEST_SERVER], "health": "/health"}
+
+    async def go() -> None:
+        first = await runner.replace(spec, tmp_path, dict(os.environ), sys.executable, 10)
+        old_pid = first.pid
+        assert (await _proxied(runner, "/x"))[0] == 200  # its first request: then it exits
+        await asyncio.wait_for(first.proc.wait(), 5)
+        status, headers, body = await _proxied(runner, "/x")  # in the back-off: refused at once
+        assert status == 503 and headers[b"x-hotpod-app-down"] == b"1"
+        message = json.loads(body)["error"]
+        assert "the app 'one-shot' on pod one-shot-0 is not running" in message
+        assert "exited with code 3" in message
+        state = runner.state()
+        assert state is not None and (state["running"], state["last_exit"]) == (False, 3)
+        deadline = time.monotonic() + 10
+        while not (runner.state() or {}).get("ready"):  # started again, on the same port
+            assert time.monotonic() < deadline, log.getvalue()
+            await asyncio.sleep(0.05)
+        assert runner.current is first and first.pid != old_pid and first.restarts == 1
+        assert (await _proxied(runner, "/x"))[0] == 200
+        await runner.stop()
+
+    asyncio.run(go())
+    text = log.getvalue()
+    assert "the app exited with code 3; starting it again in 0.6 s (restart 1)" in text
+    assert "the app is back" in text and text.count("one-request server up") == 2
+
+
+def test_the_handle_raises_while_the_app_is_down():
+    import http.server
+    import threading
+
+    from hotpod.backends import PodInfo, ServiceInfo
+    from hotpod.client import PodClient
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # what a pod answers while its app is down
+            body = b'{"error": "the app \'x\' on pod x-0 is not running: it exited with code 3"}'
+            self.send_response(503)
+            self.send_header("x-hotpod-app-down", "1")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pod = PodInfo("x-0", 0, f"http://127.0.0.1:{server.server_address[1]}", "running")
+        client = PodClient("x", "tok")
+        handle = kt.RemoteApp(ServiceInfo("x", "tok", 1, (pod,), 0.0), client)
+        with pytest.raises(kt.CallError, match=r"'x' on pod x-0 is not running.*code 3"):
+            handle.get("/hello")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_an_app_that_crashes_is_restarted_and_the_handle_says_so_meanwhile(
+    hotpod_home, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from hotpod.cli import main
+
+    project = _project(tmp_path, "hello v1")
+    (project / "hp_crash_driver.py").write_text(
+        "import hotpod as kt\n\n\n"
+        "def deploy():\n"
+        "    command = 'python -m uvicorn hp_app_mod:app --port $HOTPOD_APP_PORT'\n"
+        "    app = kt.app(command, name='crash-app', health='/health')\n"
+        "    return app.to(kt.Compute(cpus='0.5', launch_timeout=60))\n"
+    )
+    monkeypatch.syspath_prepend(str(project))
+    import hp_crash_driver
+
+    handle = hp_crash_driver.deploy()
+    assert handle.get("/bye").text == "bye"  # the app exits with code 3 right after
+    refused: list[str] = []
+    deadline = time.monotonic() + 20
+    while True:  # refused at once while it is down, then answered again
+        assert time.monotonic() < deadline, refused
+        try:
+            if handle.get("/hello", timeout=5).text == "hello v1" and refused:
+                break
+        except kt.CallError as exc:
+            refused.append(str(exc))
+        time.sleep(0.02)
+    assert "the app 'crash-app' on pod crash-app-0 is not running" in refused[0]
+    assert "exited with code 3" in refused[0]
+
+    shown = CliRunner().invoke(main, ["describe", "crash-app"])
+    assert "App on crash-app-0: running (pid" in shown.output
+    assert "1 restarts, last exit code 3" in shown.output
+    logs = CliRunner().invoke(main, ["logs", "crash-app"]).output
+    assert "the app exited with code 3; starting it again in 0.2 s (restart 1)" in logs
+    assert logs.count("app_code starting on port") == 2
+    assert handle.teardown() is True
+
+
+def test_check_reports_an_app_that_exited():
+    from hotpod.diagnose import PodCheck, _diagnose
+
+    app = {"running": False, "ready": False, "restarts": 2, "last_exit": 3, "restart_in": 0.5}
+    pc = PodCheck("a-0", "running", 0, None, True, True, "l1", None, [], app=app)
+    _diagnose("a", "http://127.0.0.1:1", pc)
+    assert pc.problem is not None and "the app exited with code 3 (2 restarts)" in pc.problem
+    assert pc.fix is not None and "hotpod logs a --pod a-0" in pc.fix

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +22,9 @@ from hotpod.backends.local.autoscaler import (
     kpa_decide,
     settings_from,
 )
+from hotpod.backends.local.controller import Pod
 from hotpod.backends.local.router import Router
+from hotpod.backends.local.scaling import plan_resize
 from hotpod.cli import main
 
 
@@ -227,6 +231,134 @@ def test_router_balances_and_drains():
     asyncio.run(main())
 
 
+async def _reading_pod(
+    got: list[int], first: asyncio.Event, need: int
+) -> tuple[asyncio.Server, int]:
+    """A pod that reads a request's body as it comes (Content-Length or chunked), noting how
+    much it has (``first`` once it has ``need`` bytes), then answers with the count."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).lower()
+        total = 0
+        if b"transfer-encoding: chunked" in head:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                total += len(await reader.readexactly(size + 2)) - 2
+                if size == 0:
+                    break
+                got.append(total)
+        else:
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            while total < length:
+                total += len(await reader.read(length - total))
+                got.append(total)
+                if total >= need:
+                    first.set()
+        body = b"%d" % total
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _whole_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+def test_router_streams_a_body_to_the_pod_as_it_arrives_and_names_the_pod():
+    async def main() -> None:
+        got: list[int] = []
+        first = asyncio.Event()
+        half = 4 << 20
+        server, pod_port = await _reading_pod(got, first, half)
+        router = Router("svc", limit=0, hold_timeout=10)
+        port = await router.start(0)
+        router.add("svc-3", pod_port)
+        router.set_ready("svc-3", True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /call HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (2 * half))
+        writer.write(b"a" * half)
+        await writer.drain()
+        # the pod has the first half while the client still holds the second (no whole read)
+        await asyncio.wait_for(first.wait(), 5)
+        writer.write(b"b" * half)
+        answer = await asyncio.wait_for(_whole_answer(reader), 5)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\nx-hotpod-pod: svc-3\r\n"), answer[:80]
+        assert answer.endswith(b"%d" % (2 * half))
+        writer.close()
+
+        got.clear()  # a chunked body is passed on chunked, as it comes
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /call HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        for part in (b"x" * 1000, b"y" * 24):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        writer.write(b"0\r\n\r\n")
+        answer = await asyncio.wait_for(_whole_answer(reader), 5)
+        assert answer.endswith(b"\r\n\r\n1024"), answer
+        writer.close()
+        await router.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_an_apply_never_gives_two_pods_one_rank():
+    def pods(*ranks: int) -> list[Pod]:
+        return [Pod(service="s", rank=r, name=f"s-{r}", port=1000 + r) for r in ranks]
+
+    def ranks(extra: list[Pod]) -> list[int]:
+        return [p.rank for p in extra]
+
+    # back to a fixed size after the autoscaler left a gap (rank 1 scaled down, 2 stayed)
+    extra, missing = plan_resize(pods(0, 2), 3, autoscaled=False, stopping=set())
+    assert (ranks(extra), missing) == ([], [1])  # not a second rank 2
+    extra, missing = plan_resize(pods(0, 2), 2, autoscaled=False, stopping=set())
+    assert (ranks(extra), missing) == ([2], [1])  # ranks 0..replicas-1
+    extra, missing = plan_resize(pods(0, 1, 2, 5), 2, autoscaled=False, stopping=set())
+    assert (ranks(extra), missing) == ([5, 2], [])
+    # autoscaled: the pods stay where they are; new ones take free ranks, not stopping ones
+    assert plan_resize(pods(0, 2), 2, autoscaled=True, stopping=set()) == ([], [])
+    extra, missing = plan_resize(pods(2), 3, autoscaled=True, stopping={0})
+    assert (ranks(extra), missing) == ([], [1, 3])
+    assert plan_resize([], 2, autoscaled=True, stopping=set()) == ([], [0, 1])
+
+
+def test_controller_switching_an_autoscaled_pool_with_gaps_to_a_fixed_size(tmp_path):
+    """The controller's apply, with pods that are records only (no processes)."""
+    from hotpod.backends.local.controller import Controller
+    from hotpod.config import Settings
+
+    ctl = Controller(Settings(home=tmp_path, backend="local", in_pod=False))
+
+    def start_pod(pod: Pod) -> None:
+        pod.status = "running"
+
+    async def stop_pod(pod: Pod) -> None:
+        pod.status = "stopped"
+
+    ctl.start_pod = start_pod  # type: ignore[method-assign]
+    ctl.stop_pod = stop_pod  # type: ignore[method-assign]
+    auto = {"autoscale": {"min_scale": 0, "max_scale": 5, "initial_scale": 3, "window": "6s"}}
+
+    async def main() -> None:
+        await ctl.apply("gappy", {"replicas": 1, "template": auto})
+        assert [p.rank for p in ctl.pods["gappy"]] == [0, 1, 2]
+        ctl.pods["gappy"] = [p for p in ctl.pods["gappy"] if p.rank != 1]  # scaled down at 1
+        ctl.pods["gappy"][1].status = "draining"  # and rank 2 was on its way out
+        for size, want in ((3, [0, 1, 2]), (2, [0, 1]), (4, [0, 1, 2, 3])):
+            await ctl.apply("gappy", {"replicas": size, "template": {"cpus": 1}})
+            assert [p.rank for p in ctl.pods["gappy"]] == want
+            assert {p.status for p in ctl.pods["gappy"]} == {"running"}
+        assert "gappy" not in ctl.scalers.services  # no router, no autoscaler left
+        await ctl.scalers.stop()
+
+    asyncio.run(main())
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 FAST = dict(
@@ -325,3 +457,124 @@ class Greeter:
 
     def greet(self, name: str) -> str:
         return f"{self.word} {name}"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_router_still_refusing_after_the_controller_restart_says_what_to_do(monkeypatch):
+    from hotpod import routing
+    from hotpod.backends import ServiceInfo
+    from hotpod.client import CallOptions, PodClient
+    from hotpod.module import RemoteFn
+
+    router = {"url": f"http://127.0.0.1:{_closed_port()}"}
+    info = ServiceInfo("gone-router", "tok", 1, (), 0.0, meta={"router": router})
+    asked: list[str] = []
+
+    class Backend:
+        def get(self, name: str) -> ServiceInfo:  # (the local backend starts its controller)
+            asked.append(name)
+            return info
+
+    monkeypatch.setattr(routing, "get_backend", lambda: Backend())
+    monkeypatch.setattr(routing, "ROUTER_WAIT", 0.2)
+    remote = RemoteFn(info, PodClient.shared(info.name, info.token), CallOptions())
+    start = time.monotonic()
+    with pytest.raises(kt.PodUnreachableError, match=r"started again.*controller\.log") as err:
+        remote(1)
+    assert asked == ["gone-router"]  # brought back once, then the call was sent once more
+    assert "hotpod describe gone-router" in str(err.value)
+    assert time.monotonic() - start < 5  # refused at once: no waiting as for a pod
+
+
+FLAKY_V1 = "VERSION = 'v1'\n\n\ndef version():\n    print('version asked', flush=True)\n    return VERSION\n"
+
+
+@pytest.mark.slow
+def test_a_failed_launch_is_not_given_to_pods_started_later(hotpod_home, tmp_path, monkeypatch):
+    from hotpod.services import describe
+
+    project = tmp_path / "flaky"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'flaky'\n")
+    module = project / "hp_flaky_mod.py"
+    module.write_text(FLAKY_V1)
+    monkeypatch.syspath_prepend(str(project))
+    import hp_flaky_mod
+
+    compute = kt.Compute(cpus="0.5").autoscale(
+        min_scale=0, max_scale=1, initial_scale=0, window="6s"
+    )
+    remote = kt.fn(hp_flaky_mod.version, name="auto-flaky").to(compute)
+    assert remote() == "v1"  # the first pod resumed the launch the .to() handed over
+    good = describe("auto-flaky")["pods"][0]["launch_id"]
+    _wait(lambda: _router_state("auto-flaky")["launch"] == good, 10, "the launch to be served")
+    _wait(lambda: not kt.lookup("auto-flaky").pods, 30, "the pool to scale to zero")
+
+    module.write_text("raise RuntimeError('broken at import')\n")
+    kt.fn(hp_flaky_mod.version, name="auto-flaky").to(compute)  # at zero: nothing to fail yet
+    bad = _router_state("auto-flaky")["pending"]
+    assert bad and bad != good
+    assert remote() == "v1"  # the new pod tried the new launch, failed, fell back to the good one
+    _wait(lambda: _router_state("auto-flaky")["failed"], 10, "the failure to be seen")
+    state = _router_state("auto-flaky")
+    assert (state["launch"], state["pending"], state["failed"]["launch_id"]) == (good, None, bad)
+    assert "broken at import" in state["failed"]["message"]
+    shown = CliRunner().invoke(main, ["describe", "auto-flaky"])
+    failed_on = state["failed"]["pod"]
+    assert f"New pods:  launch {good}; launch {bad} failed on {failed_on}" in shown.output
+
+    with pytest.raises(kt.DeployError, match="broken at import"):  # with a pod running
+        kt.fn(hp_flaky_mod.version, name="auto-flaky").to(compute)
+    _wait(lambda: _router_state("auto-flaky")["pending"] is None, 10, "the failure to be seen")
+    assert _router_state("auto-flaky")["launch"] == good
+    pod = kt.lookup("auto-flaky")._service.pods[0]
+    log = Path(pod.log_path or "")
+    tried = log.read_text().count("could not load launch")
+    os.kill(pod.pid or 0, signal.SIGKILL)  # the controller starts the pod again
+    restarted = f"pod {pod.name} starting (restarts {pod.restarts + 1})"
+    _wait(lambda: restarted in log.read_text(), 10, "a restart")
+    assert remote() == "v1"
+    assert log.read_text().count("could not load launch") == tried  # not even tried again
+
+
+@pytest.mark.slow
+# (httpcore leaves the socket of a refused connect to the dead controller's Unix socket to the GC)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_routed_calls_show_the_pods_name_and_survive_a_killed_controller(hotpod_home, capsys):
+    compute = kt.Compute(cpus="0.5").autoscale(min_scale=1, max_scale=1, window="6s")
+    remote = kt.fn(talk, name="auto-talk").to(compute)
+    capsys.readouterr()
+    assert remote("one") == "said one"
+    assert "(auto-talk-0) saying one" in capsys.readouterr().out  # not (auto-talk-router)
+
+    state = _router_state("auto-talk")
+    os.kill(state["pid"], signal.SIGKILL)  # the controller, and the router in it, are gone
+    _wait(lambda: not _alive(state["pid"]), 10, "the controller to die")
+    start = time.monotonic()
+    assert remote("two") == "said two"  # the handle started the controller again
+    assert time.monotonic() - start < 15
+    again = _router_state("auto-talk")
+    assert again["url"] == state["url"] and again["pid"] != state["pid"]  # the port kept
+    assert asyncio.run(remote.aio("three")) == "said three"
+    assert "(auto-talk-0) saying three" in capsys.readouterr().out
+
+
+def talk(word: str) -> str:
+    print(f"saying {word}", flush=True)
+    return f"said {word}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False

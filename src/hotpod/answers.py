@@ -6,6 +6,7 @@ Z frames, see :mod:`hotpod.wire`) handed out one by one as they arrive.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
 import json
 import pickle
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 
 
 _print_lock = threading.Lock()
+
+#: the response header an autoscaled pool's router adds: the name of the pod that took the call
+HEADER_POD = "x-hotpod-pod"
+
+
+def answered_by(pod: PodInfo, resp: transport.ResponseHead) -> PodInfo:
+    """The pod that ran a call: ``pod``, or the one a router in front of it picked."""
+    name = resp.header(HEADER_POD)
+    return dataclasses.replace(pod, name=name) if name and name != pod.name else pod
 
 
 def print_log(pod: str, line: bytes, out: TextIO | None) -> None:

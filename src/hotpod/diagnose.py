@@ -30,6 +30,7 @@ class PodCheck:
     launch_id: str | None
     launch_error: dict[str, Any] | None
     log_tail: list[str]
+    app: dict[str, Any] | None = None  # kt.app: its process, restarts, last exit
     problem: str | None = None
     detail: str = ""  # the output or traceback behind the problem
     fix: str | None = None
@@ -74,6 +75,7 @@ def check(name: str, backend: Backend | None = None) -> Check:
             launch_id=live.get("launch_id"),
             launch_error=live.get("launch_error") or None,
             log_tail=tail,
+            app=live.get("app"),
         )
         _diagnose(name, pod.url, pc)
         result.pods.append(pc)
@@ -126,6 +128,14 @@ def _diagnose(service: str, url: str, pc: PodCheck) -> None:
         pc.detail = str(error.get("tail") or error.get("traceback") or error.get("detail") or "")
         if pc.ready:
             pc.fix += f" (meanwhile the pod serves launch {pc.launch_id})"
+        return
+    app = pc.app
+    if app is not None and not (app.get("running") and app.get("ready")):
+        pc.problem = (
+            f"the app exited with code {app.get('last_exit')} ({app.get('restarts')} restarts); "
+            "the pod starts it again, with a growing back-off while it keeps exiting"
+        )
+        pc.fix = f"its output ({logs}) says why it exits; fix that and run .to() again"
         return
     if not pc.ready:
         pc.problem = "the pod serves no code yet"

@@ -73,6 +73,7 @@ def describe(name: str) -> dict[str, Any]:
                 "log": pod.log_path,
                 "steps": live.get("steps") or [],
                 "launch_error": live.get("launch_error"),
+                "app": live.get("app"),  # kt.app: its process, restarts, last exit
             }
         )
     kind = info.meta.get("kind", "fn")

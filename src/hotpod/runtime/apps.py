@@ -15,6 +15,10 @@ other lines. The launch succeeds once the port accepts a connection (or ``GET he
 output. With a port picked by the pod a redeploy starts the new process before it stops the old
 one, so a failed redeploy leaves the old one serving; with a fixed port the old one stops first.
 
+An app that exits on its own is started again, on the same port, after a back-off that doubles
+from ``RESTART_MIN`` to ``RESTART_MAX`` (back to the start once it ran ``STABLE_AFTER``), each
+exit and restart a line in the pod log. Meanwhile requests get ``503`` at once, saying so.
+
 ``/app/{path}`` on the pod's server is proxied to the app (``AppRunner.proxy``).
 """
 
@@ -40,6 +44,13 @@ from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _read_body
 STOP_GRACE = 5.0
 #: lines of the app's output kept for error messages
 TAIL_LINES = 40
+#: the back-off before an app that exited on its own is started again (doubling each time)
+RESTART_MIN = 0.2
+RESTART_MAX = 30.0
+#: an app that ran this long before it exited is restarted after RESTART_MIN again
+STABLE_AFTER = 60.0
+#: the header of the pod's own answer while its app is down (``RemoteApp`` raises for it)
+HEADER_APP_DOWN = "x-hotpod-app-down"
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -115,14 +126,28 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """One running app process and the task that copies its output to the pod log."""
+    """One app (its command, port, environment) and its running process, with the task that
+    copies its output to the pod log; ``respawn`` starts the same command again."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, health: str | None) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        port: int,
+        health: str | None,
+        how: tuple[list[str], Path, dict[str, str], TextIO, str],
+    ) -> None:
         self.proc = proc
         self.port = port
         self.health = health
+        self.how = how  # argv, cwd, env, pod log, log tag: what respawn needs
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._pump: asyncio.Task[None] | None = None
+        self.ready = False  # it answered since it (re)started
+        self.started = time.monotonic()
+        self.restarts = 0
+        self.consecutive = 0  # exits in a row that came before it ran STABLE_AFTER
+        self.last_exit: int | None = None
+        self.restart_at: float | None = None  # (epoch) when it is started again
 
     @property
     def pid(self) -> int:
@@ -143,21 +168,17 @@ class AppProcess:
         pod_log: TextIO,
         tag: str,
     ) -> AppProcess:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(cwd),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                limit=1 << 20,
-            )
-        except OSError as exc:
-            raise AppError(f"could not start the app {argv!r}: {exc}", "") from None
-        app = cls(proc, port, health)
+        how = (argv, cwd, env, pod_log, tag)
+        app = cls(await _spawn(argv, cwd, env), port, health, how)
         app._pump = asyncio.get_running_loop().create_task(app._copy_output(pod_log, tag))
         return app
+
+    async def respawn(self) -> None:
+        """Start the same command again (the previous process has exited)."""
+        argv, cwd, env, pod_log, tag = self.how
+        self.proc = await _spawn(argv, cwd, env)
+        self.ready, self.started = False, time.monotonic()
+        self._pump = asyncio.get_running_loop().create_task(self._copy_output(pod_log, tag))
 
     async def _copy_output(self, pod_log: TextIO, tag: str) -> None:
         stream = self.proc.stdout
@@ -195,6 +216,7 @@ class AppProcess:
                         self.output(),
                     )
                 if await self._answers(client):
+                    self.ready = True
                     return
                 if time.monotonic() > deadline:
                     what = f"GET {self.health} answered 2xx" if self.health else "it accepted"
@@ -246,6 +268,21 @@ class AppProcess:
                 await self.proc.wait()
             await loop.run_in_executor(None, _reap, children, grace)
         await self._drain()
+
+
+async def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=1 << 20,
+        )
+    except OSError as exc:
+        raise AppError(f"could not start the app {argv!r}: {exc}", "") from None
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -302,9 +339,12 @@ class AppRunner:
         self.tag = loglines.tag(pod, rank)
         self.pod = pod
         self.pod_log = pod_log
+        self.service = os.environ.get("HOTPOD_SERVICE") or pod
         self.current: AppProcess | None = None
         self._cleaned = False
         self._client: Any = None  # an httpx.AsyncClient, made by the first proxied request
+        self._watch: asyncio.Task[None] | None = None  # restarts the current app when it exits
+        self._timeout = 300.0  # how long a (re)started app has to answer
 
     async def replace(
         self,
@@ -337,13 +377,94 @@ class AppRunner:
             await new.stop(grace=1.0)
             self._write_pids(extra=None)
             raise
+        await self._unwatch()
         old, self.current = self.current, new
+        self._timeout = timeout
+        self._watch = asyncio.get_running_loop().create_task(self._supervise(new))
         if old is not None:
             await old.stop()
         self._write_pids(extra=None)
         return new
 
+    async def _unwatch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _supervise(self, app: AppProcess) -> None:
+        """Start the app again each time it exits on its own, after a back-off."""
+        while True:
+            code = await app.proc.wait()
+            await app._drain()
+            app.ready = False
+            ran = time.monotonic() - app.started
+            app.consecutive = 1 if ran > STABLE_AFTER else app.consecutive + 1
+            delay = min(RESTART_MIN * 2 ** (app.consecutive - 1), RESTART_MAX)
+            app.restarts += 1
+            app.last_exit = code
+            app.restart_at = time.time() + delay
+            self._write_pids(extra=None)
+            self._log(
+                f"the app exited with code {code}; starting it again in {delay:.1f} s "
+                f"(restart {app.restarts})"
+            )
+            await asyncio.sleep(delay)
+            app.restart_at = None
+            try:
+                await app.respawn()
+                self._write_pids(extra=None)
+                await app.wait_ready(self._timeout)
+            except AppError as exc:
+                self._log(f"the app did not come back: {exc}")
+                if app.returncode is None:  # running but not answering: try again afresh
+                    await app.stop(grace=1.0)
+                continue
+            self._log(f"the app is back (pid {app.pid}, restart {app.restarts})")
+
+    def _log(self, text: str) -> None:
+        try:
+            self.pod_log.write(loglines.timestamp() + self.tag + "hotpod-app: " + text + "\n")
+            self.pod_log.flush()
+        except (OSError, ValueError):
+            pass
+
+    def state(self) -> dict[str, Any] | None:
+        """The app as ``hotpod describe`` and ``check`` show it; None when there is none."""
+        app = self.current
+        if app is None:
+            return None
+        restart_in = app.restart_at - time.time() if app.restart_at is not None else None
+        return {
+            "pid": app.pid if app.returncode is None else None,
+            "port": app.port,
+            "running": app.returncode is None,
+            "ready": app.ready,
+            "restarts": app.restarts,
+            "last_exit": app.last_exit,
+            "restart_in": round(max(restart_in, 0.0), 2) if restart_in is not None else None,
+        }
+
+    def _down(self, app: AppProcess) -> str:
+        """Why requests for a down app are refused, for the caller."""
+        if app.returncode is not None:
+            when = (
+                f"the pod starts it again in {max(app.restart_at - time.time(), 0):.1f} s"
+                if app.restart_at is not None
+                else "the pod is starting it again"
+            )
+        else:
+            when = "the pod started it again and waits for it to answer"
+        code = app.last_exit if app.last_exit is not None else app.returncode
+        return (
+            f"the app {self.service!r} on pod {self.pod} is not running: it exited with code "
+            f"{code} (restart {app.restarts}); {when}. 'hotpod logs {self.service} "
+            f"--pod {self.pod}' shows its output"
+        )
+
     async def stop(self) -> None:
+        await self._unwatch()
         app, self.current = self.current, None
         if app is not None:
             await app.stop()
@@ -377,6 +498,12 @@ class AppRunner:
         app = self.current
         if app is None:
             raise HTTPError(503, "this pod runs no app; deploy one with kt.app(command).to()")
+        if not app.ready or app.returncode is not None:  # it exited: the pod restarts it
+            body = json.dumps({"error": self._down(app), "pod": self.pod}).encode()
+            headers = [(b"content-type", b"application/json"), (HEADER_APP_DOWN.encode(), b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         path = raw[len(b"/app") :] or b"/"
         query: bytes = scope.get("query_string") or b""

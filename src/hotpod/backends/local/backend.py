@@ -128,8 +128,16 @@ class LocalBackend(Backend):
         if self.settings.controller_socket.exists():  # usually it answers: ask it first
             try:
                 return self._http().request(method, path, **kw)
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
-                pass
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if self._client is not None:  # its connections were to a controller now gone
+                    self._client.close()
+                    self._client = None
+                if isinstance(exc, httpx.ReadError) and method != "GET":
+                    raise HotpodError(
+                        f"lost the local controller during {method} {path} ({exc}); see "
+                        f"{self._log_file()} and run the command again (the controller restarts "
+                        "on demand)"
+                    ) from exc
         self.ensure_controller()
         try:
             return self._http().request(method, path, **kw)
@@ -165,11 +173,11 @@ class LocalBackend(Backend):
     def check(self, plan: Plan) -> None:
         tpl = plan.template
         dist = tpl.get("distribute")
-        if isinstance(dist, dict) and (dist.get("num_proc") or 1) > 1:
+        if isinstance(dist, dict) and dist.get("kind") == "ray" and (dist.get("num_proc") or 1) > 1:
             raise DeployError(
-                f"service {plan.name!r}: distribute(num_proc={dist['num_proc']}) is not "
-                "supported on the local backend yet: each local pod runs one process. Use "
-                f"workers={dist['num_proc'] * plan.replicas} pods with num_proc=1 instead"
+                f"service {plan.name!r}: distribute('ray', num_proc={dist['num_proc']}): a Ray "
+                "pool runs one Ray node per pod, which starts Ray's own workers; use "
+                "num_proc=1 (Ray schedules tasks on the node's cpus)"
             )
         gpus = int(tpl.get("gpus") or 0)
         if gpus:

@@ -263,6 +263,7 @@ class Controller:
             world_size=int(svc["replicas"]),
             peers=[f"127.0.0.1:{p.port}" for p in pods],
             port=dist.get("port") or svc["meta"].get("dist_port"),
+            num_proc=int(dist.get("num_proc") or 1),  # (the supervisor starts that many workers)
         )
         if dist["kind"] == "ray":  # the Ray node's --num-cpus: the pod's cpus, rounded up
             env["HOTPOD_RAY_NUM_CPUS"] = str(math.ceil(float(svc["template"].get("cpus") or 1)))
@@ -431,8 +432,10 @@ class Controller:
                 self._set_dist_port(svc, kept)
             self.registry.save_service(svc)
             pods = self.pods[name]
-            while len(pods) > replicas:
-                pod = pods.pop()
+            await self.scalers.settle(name, template)  # (autoscaling ends: ranks must be free)
+            extra, missing = self.scalers.resize(name, pods, replicas, template)
+            for pod in extra:  # (a pool of fixed size has the ranks 0..replicas-1)
+                pods.remove(pod)
                 await self.stop_pod(pod)
                 self.registry.delete_pod(name, pod.rank)
                 shutil.rmtree(self.pod_root(name, pod.name), ignore_errors=True)
@@ -442,10 +445,11 @@ class Controller:
                     self.start_pod(pod)
                     await self.wait_serving(pod, ROLL_TIMEOUT)
             new = []
-            for rank in range(len(pods), replicas):  # every address first: the peer lists
+            for rank in missing:  # every address first: the peer lists
                 pod = Pod(service=name, rank=rank, name=f"{name}-{rank}", port=self._free_port())
                 pods.append(pod)
                 new.append(pod)
+            pods.sort(key=lambda p: p.rank)
             for pod in new:
                 self.start_pod(pod)
             await self.scalers.applied(name)

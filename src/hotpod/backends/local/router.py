@@ -2,8 +2,11 @@
 
 It listens on ``127.0.0.1:<port>`` in the local controller's process and forwards each HTTP
 request to the ready pod with the fewest requests in flight, streaming the pod's answer back
-byte for byte (frames, chunked encoding and all). Requests are parsed with httptools; the
-request is read whole, then sent on with a ``Content-Length``.
+byte for byte (frames, chunked encoding and all), with one header added: ``x-hotpod-pod``, the
+name of the pod that answered (the client prefixes the call's log lines with it). Requests are
+parsed with httptools; a request's body is sent on to the pod as it arrives from the client, at
+most ``BODY_AHEAD`` bytes ahead of what the pod has taken (the client waits meanwhile), so a large
+argument is never held whole here.
 
 A request that no pod can take (none is ready, or each is at the service's ``concurrency``
 limit) waits here, in arrival order, until one can, like Knative's activator; the wait counts
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,9 +29,13 @@ from typing import Any
 
 import httptools
 
+from hotpod.backends.local.inbound import ClientConn, Incoming
+
 #: a pooled connection to a pod left idle this long is closed (uvicorn closes at 5 s)
 IDLE_CONN = 4.0
 READ_SIZE = 1 << 16
+#: the response header naming the pod that answered
+HEADER_POD = b"x-hotpod-pod"
 
 
 @dataclass(eq=False)
@@ -51,32 +59,6 @@ class Backend:
         self.idle.clear()
 
 
-class _Request:
-    """httptools callbacks collecting one request."""
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.done: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool]] = deque()
-        self.parser = httptools.HttpRequestParser(self)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        method = self.parser.get_method()
-        keep = self.parser.should_keep_alive()
-        self.done.append((method, self.url, self.headers, b"".join(self.body), keep))
-        self.url, self.headers, self.body = b"", [], []
-
-
 class _Response:
     def __init__(self, head_only: bool) -> None:
         self.head_only = head_only
@@ -93,14 +75,10 @@ class _Response:
         self.complete = True
 
 
-_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade"}
-
-
-def _hung_up(watch: asyncio.Future[bytes]) -> bool:
-    """Whether the client's side ended (EOF or an error) while a call was on its way."""
-    if not watch.done():
-        return False
-    return watch.cancelled() or watch.exception() is not None or not watch.result()
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """(A sender's error is seen as the pod's side breaking; nothing more to report.)"""
+    if not task.cancelled():
+        task.exception()
 
 
 def _simple(status: int, payload: dict[str, Any], keep: bool) -> bytes:
@@ -154,6 +132,7 @@ class Router:
     def state(self) -> dict[str, Any]:
         return {
             "url": f"http://127.0.0.1:{self.port}",
+            "pid": os.getpid(),  # the controller's: a handle sees it gone (and starts one)
             "in_flight": sum(p.inflight for p in self.pods.values()),
             "queued": self.queued,
             "ready": sum(1 for p in self.pods.values() if p.ready and not p.draining),
@@ -225,6 +204,7 @@ class Router:
             pod = self._pick()
             if pod is None:
                 return
+            self.queued -= 1  # (at once: a request counts once, waiting or in flight)
             self.waiters.popleft().set_result(pod)
 
     async def _acquire(self) -> Backend | None:
@@ -249,8 +229,9 @@ class Router:
             fut.cancel()
             raise
         finally:
-            self._account()
-            self.queued -= 1
+            if not fut.done() or fut.cancelled():  # (a pod handed over counted it already)
+                self._account()
+                self.queued -= 1
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -275,91 +256,95 @@ class Router:
         await asyncio.sleep(0)  # (the transports close on the next turn of the loop)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        req = _Request()
+        conn = ClientConn()
+        reading = asyncio.ensure_future(self._read_client(reader, conn))
         try:
             while True:
-                while not req.done:
-                    data = await reader.read(READ_SIZE)
-                    if not data:
-                        return
-                    try:
-                        req.parser.feed_data(data)
-                    except httptools.HttpParserError as exc:
-                        writer.write(_simple(400, {"error": f"bad request: {exc}"}, False))
-                        return
-                method, url, headers, body, keep = req.done.popleft()
-                if url.split(b"?")[0] == b"/health":
+                incoming = await conn.next_request()
+                if incoming is None:
+                    if conn.error is not None:
+                        writer.write(_simple(400, {"error": conn.error}, False))
+                    return
+                if incoming.url.split(b"?")[0] == b"/health":
+                    incoming.drop()
                     payload = {"status": "ok", "router": self.service, "ready": True}
-                    writer.write(_simple(200, payload, keep))
+                    writer.write(_simple(200, payload, incoming.keep))
+                    keep = incoming.keep
                 else:
                     self.requests += 1
                     self._arrivals += 1
-                    keep = await self._forward(
-                        method, url, headers, body, keep, reader, writer, req
-                    )
+                    keep = await self._forward(incoming, conn, writer)
                 if not keep:
                     return
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.CancelledError):  # (cancelled: the controller stops)
             pass
         finally:
+            reading.cancel()
             with contextlib.suppress(Exception):
                 writer.close()
 
+    async def _read_client(self, reader: asyncio.StreamReader, conn: ClientConn) -> None:
+        """Read the client's side and parse it as it comes, pausing while the request being
+        received has ``BODY_AHEAD`` bytes of body waiting for its pod."""
+        error = None
+        try:
+            while True:
+                current = conn.current
+                if current is not None and not current.room.is_set():
+                    await current.room.wait()
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                conn.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            error = f"bad request: {exc}"
+        except OSError:
+            pass
+        finally:
+            conn.ended(error)
+
     async def _forward(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        keep: bool,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        req: _Request,
+        self, incoming: Incoming, conn: ClientConn, writer: asyncio.StreamWriter
     ) -> bool:
         """Send one request to a pod and stream its answer back; whether to keep the client's
         connection open."""
-        head = [method + b" " + url + b" HTTP/1.1\r\n"]
-        head += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in _HOP]
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        request = b"".join(head)
-        # the client hanging up cancels the call: watch its side while the pod answers
-        watch = asyncio.ensure_future(reader.read(READ_SIZE))
+        gone = asyncio.ensure_future(conn.gone.wait())  # the client hanging up cancels the call
         try:
             while True:
-                pod = await self._acquire_or_hangup(watch)
+                pod = await self._acquire_or_hangup(gone)
                 if pod is None:
-                    if _hung_up(watch):
+                    incoming.drop()
+                    if gone.done():
                         return False
                     waited = f"{self.hold_timeout:g} s"
                     message = (
                         f"no pod of {self.service!r} could take the call within {waited}; "
                         f"run 'hotpod describe {self.service}' and 'hotpod logs {self.service}'"
                     )
+                    keep = incoming.keep and incoming.complete
                     writer.write(_simple(503, {"error": message}, keep))
                     return keep
+                if incoming.expect_continue:
+                    incoming.expect_continue = False
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
-                    sent = await self._exchange(pod, method, request, body, writer, watch)
+                    sent = await self._exchange(pod, incoming, writer, gone)
                 finally:
                     self._release(pod)
                 if sent is None:  # the pod refused the connection: it is gone; try another
                     self.set_ready(pod.name, False)
                     continue
-                return keep and sent
+                return incoming.keep and sent
         finally:
-            if not watch.done():
-                watch.cancel()  # (and wait for it: one read at a time on a stream)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-            elif not _hung_up(watch):  # the next request came early (pipelined): parse it now
-                req.parser.feed_data(watch.result())
+            gone.cancel()
 
-    async def _acquire_or_hangup(self, watch: asyncio.Future[bytes]) -> Backend | None:
+    async def _acquire_or_hangup(self, gone: asyncio.Future[Any]) -> Backend | None:
         task = asyncio.ensure_future(self._acquire())
-        if not watch.done():
-            both: set[asyncio.Future[Any]] = {task, watch}
+        if not gone.done():
+            both: set[asyncio.Future[Any]] = {task, gone}
             await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-        if not _hung_up(watch):
+        if not gone.done():
             return await task
         if task.done():  # a pod was found as the client left: give it back
             pod = task.result()
@@ -372,10 +357,10 @@ class Router:
         return None
 
     async def _connect(
-        self, pod: Backend
+        self, pod: Backend, pooled: bool
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         now = time.monotonic()
-        while pod.idle:
+        while pooled and pod.idle:
             r, w, since = pod.idle.pop()
             if now - since < IDLE_CONN and not r.at_eof() and not w.is_closing():
                 return r, w, True
@@ -383,53 +368,84 @@ class Router:
         r, w = await asyncio.open_connection("127.0.0.1", pod.port)
         return r, w, False
 
+    async def _send(self, up_w: asyncio.StreamWriter, incoming: Incoming) -> None:
+        """The request to the pod: whole when its body is all here and small, else its head,
+        then its body as the client sends it (the pod's reading paces the client's)."""
+        if incoming.complete and incoming.buffered <= READ_SIZE:
+            body = incoming.take_all()
+            size = sum(len(b) for b in body)
+            up_w.write(b"".join([incoming.head(size), *body]))
+            return
+        chunked = incoming.chunked
+        up_w.write(incoming.head(None))
+        while True:
+            data = await incoming.next_chunk()
+            if data is None:
+                break
+            up_w.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            await up_w.drain()
+        if chunked:
+            up_w.write(b"0\r\n\r\n")
+
     async def _exchange(
         self,
         pod: Backend,
-        method: bytes,
-        request: bytes,
-        body: bytes,
+        incoming: Incoming,
         writer: asyncio.StreamWriter,
-        watch: asyncio.Future[bytes],
+        gone: asyncio.Future[Any],
     ) -> bool | None:
-        """One request/answer with a pod. None: nothing was sent (retry elsewhere); else
+        """One request/answer with a pod. None: nothing of it went (retry elsewhere); else
         whether the client's connection can be kept."""
+        tag = HEADER_POD + b": " + pod.name.encode() + b"\r\n"
         for _attempt in range(2):
             try:
-                up_r, up_w, reused = await self._connect(pod)
+                up_r, up_w, reused = await self._connect(pod, incoming.replayable)
             except OSError:
-                return None
-            resp = _Response(method == b"HEAD")
+                return None if incoming.rewind() else False
+            resp = _Response(incoming.method == b"HEAD")
+            sender = asyncio.ensure_future(self._send(up_w, incoming))
+            sender.add_done_callback(_retrieved)
             got = False
+            status_line: bytes | None = (
+                b""  # the answer's first bytes, until its status line is whole
+            )
             try:
-                up_w.write(request)
-                if body:
-                    up_w.write(body)
                 while not resp.complete:
-                    if _hung_up(watch):
-                        up_w.close()  # the pod sees the disconnect and cancels the call
-                        return False
                     read = asyncio.ensure_future(up_r.read(READ_SIZE))
-                    if not watch.done():
-                        await asyncio.wait({read, watch}, return_when=asyncio.FIRST_COMPLETED)
-                    if not read.done():
-                        if _hung_up(watch):
-                            read.cancel()
-                            up_w.close()
-                            return False
-                        await read  # (the client sent its next request early)
+                    await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if gone.done():  # the client hung up: the pod sees it and cancels the call
+                        read.cancel()
+                        sender.cancel()
+                        up_w.close()
+                        return False
                     data = read.result()
                     if not data:
+                        if sender.done() and sender.exception() is not None:
+                            raise ConnectionResetError(f"sending to the pod: {sender.exception()}")
                         raise ConnectionResetError("the pod closed the connection")
                     got = True
                     resp.parser.feed_data(data)
+                    if status_line is not None:  # name the pod: a header after the status line
+                        status_line += data
+                        end = status_line.find(b"\r\n")
+                        if end < 0:
+                            continue
+                        data = status_line[: end + 2] + tag + status_line[end + 2 :]
+                        status_line = None
                     writer.write(data)
                     await writer.drain()
             except (OSError, httptools.HttpParserError):
+                sender.cancel()
                 up_w.close()
-                if not got and reused:  # a pooled connection the pod had closed: once more
-                    continue
+                if not got and reused and incoming.rewind():  # a pooled connection the pod
+                    continue  # had closed: once more, on a fresh one
                 return False  # the client sees its connection break, as with the pod itself
+            if not sender.done() and incoming.complete and not incoming.chunks:
+                await asyncio.wait({sender}, timeout=1.0)  # (it took it all: finishing)
+            if not sender.done() or sender.exception() is not None:
+                sender.cancel()  # the pod answered before it took the whole body
+                up_w.close()
+                return False
             if resp.keep_alive:
                 pod.idle.append((up_r, up_w, time.monotonic()))
             else:

@@ -3,14 +3,20 @@
 The controller calls in at a few points (creation, apply, pod start/stop/exit, delete); this
 module does the rest. Each tick (``TICK`` seconds, or at once when a request arrives at zero)
 it samples the router, asks the :class:`~hotpod.backends.local.autoscaler.Decider` for a pod
-count and scales toward it: new pods start with the service's last launch spec written into
-their root (``.hotpod/launch.json``, which the pod resumes on start), and join the router once
+count and scales toward it: new pods start with the service's launch written into their root
+(``.hotpod/launch.json``, which the pod resumes on start), and join the router once
 ``/health`` says they are ready; pods to remove first drain (no new requests, the last one
 answered), then stop. A scaled-down pod's directory stays, so the next pod of that rank starts
 with its code tree and setup ledger in place.
 
+Launches: ``.to()`` hands each launch over (``PUT /services/NAME/launch``) before it sends it
+to the pods that run. It is *pending* until a pod's ``/health`` says it serves it (then pods
+started later get it) or that it failed (then it is dropped: they keep the last launch that
+succeeded). Meanwhile a new pod gets the last good launch as ``launch.json`` and the pending
+one as ``launch.next.json``: it tries the pending one first and falls back.
+
 What survives a controller restart is kept in ``pods/<service>/.autoscale.json``: the
-router's port and the launch spec.
+router's port and the launches (good, pending, the last that failed).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 TICK = 0.1
 READY_POLL = 0.02
+VERIFY_POLL = 0.2  # how often the pods are asked whether a pending launch serves
 #: a pod that has not become ready after this long may be removed when scaling down
 START_GRACE = 120.0
 
@@ -49,7 +56,10 @@ class Scaled:
     settings: KpaSettings
     router: Router
     decider: Decider
-    launch: dict[str, Any] | None = None
+    launch: dict[str, Any] | None = None  # the last launch a pod served: new pods get it
+    pending: dict[str, Any] | None = None  # handed over by .to(), not yet seen served
+    failed: dict[str, Any] | None = None  # the last launch that failed: id, pod, message
+    verify: asyncio.Task[None] | None = None  # asks the pods how the pending launch went
     desired: int = 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -73,9 +83,13 @@ class Autoscalers:
     def _save(self, sc: Scaled) -> None:
         path = self._state_file(sc.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": sc.router.port, "launch": sc.launch}))
-        os.replace(tmp, path)
+        state = {
+            "port": sc.router.port,
+            "launch": sc.launch,
+            "pending": sc.pending,
+            "failed": sc.failed,
+        }
+        _write_json(path, state)
 
     # -- controller hooks -------------------------------------------------------------------
 
@@ -111,11 +125,13 @@ class Autoscalers:
                 saved = {}
             router = Router(name, settings.concurrency, settings.hold_timeout)
             sc = Scaled(name, settings, router, Decider(settings, now), saved.get("launch"))
+            sc.pending, sc.failed = saved.get("pending"), saved.get("failed")
             router.on_wait = lambda: self._at_zero(sc)
             await router.start(int(saved.get("port") or 0))
             self.services[name] = sc
             self._save(sc)
             sc.task = asyncio.get_running_loop().create_task(self._loop(sc))
+            self._verify_soon(sc)
         elif settings != sc.settings:
             sc.settings = sc.decider.settings = settings
             sc.router.limit, sc.router.hold_timeout = settings.concurrency, settings.hold_timeout
@@ -129,11 +145,33 @@ class Autoscalers:
         sc = self.services.pop(name, None)
         if sc is None:
             return
+        for task in (sc.task, sc.verify, *sc.watchers.values()):
+            if task is not None:
+                task.cancel()
+        await sc.router.close()
+
+    async def settle(self, name: str, template: dict[str, Any]) -> None:
+        """Before an apply that ends a service's autoscaling: no more scaling, pods draining
+        are kept, and pods being stopped are gone (their ranks free for the fixed pool)."""
+        sc = self.services.get(name)
+        if sc is None or autoscale_of({"template": template}) is not None:
+            return
         if sc.task is not None:
             sc.task.cancel()
-        for task in sc.watchers.values():
-            task.cancel()
-        await sc.router.close()
+        for pod in self.ctl.pods.get(name, []):
+            if pod.status == "draining":
+                pod.status = "running"
+        while sc.stopping:
+            await asyncio.sleep(0.05)
+
+    def resize(
+        self, name: str, pods: list[Pod], replicas: int, template: dict[str, Any]
+    ) -> tuple[list[Pod], list[int]]:
+        """What an apply changes in the pool: the pods to stop, the ranks of the pods to start
+        (see :func:`plan_resize`)."""
+        sc = self.services.get(name)
+        auto = autoscale_of({"template": template}) is not None
+        return plan_resize(pods, replicas, auto, sc.stopping if sc and auto else set())
 
     async def stop(self) -> None:
         for name in list(self.services):
@@ -145,13 +183,15 @@ class Autoscalers:
         sc = self.services.get(pod.service)
         if sc is None:
             return
-        if sc.launch is not None:
-            state = root / ".hotpod"
-            state.mkdir(parents=True, exist_ok=True)
-            (state / "launch.next.json").unlink(missing_ok=True)
-            tmp = state / "launch.json.tmp"
-            tmp.write_text(json.dumps(sc.launch))
-            os.replace(tmp, state / "launch.json")
+        state = root / ".hotpod"
+        state.mkdir(parents=True, exist_ok=True)
+        for stale in ("launch.next.json", "launch_error.json"):
+            (state / stale).unlink(missing_ok=True)
+        first = sc.launch or sc.pending
+        if first is not None:
+            _write_json(state / "launch.json", first)
+        if sc.launch is not None and sc.pending is not None:  # tried first, falls back
+            _write_json(state / "launch.next.json", sc.pending)
         sc.router.set_ready(pod.name, False)
         self._watch(sc, pod)
 
@@ -177,6 +217,10 @@ class Autoscalers:
             "min_scale": sc.settings.min_scale,
             "max_scale": sc.settings.max_scale,
             "target": sc.settings.target,
+            # the launch pods started from now on get; one still being tried; the last failed
+            "launch": (sc.launch or {}).get("launch_id"),
+            "pending": (sc.pending or {}).get("launch_id"),
+            "failed": sc.failed,
         }
         return {**desc, "meta": {**desc.get("meta", {}), "router": state}}
 
@@ -194,8 +238,9 @@ class Autoscalers:
                     raise ValueError("expected a JSON object")
             except ValueError as exc:
                 return JSONResponse({"error": f"malformed launch spec: {exc}"}, status_code=400)
-            sc.launch = spec
+            sc.pending = spec
             self._save(sc)
+            self._verify_soon(sc)
             sc.decider.hold(time.monotonic())  # no scale-down while the launch goes out
             desc = self.ctl.describe(name)  # the pods to launch on: not those draining
             desc["pods"] = [p for p in desc["pods"] if p["status"] != "draining"]
@@ -212,26 +257,74 @@ class Autoscalers:
             old.cancel()
         sc.watchers[pod.name] = asyncio.get_running_loop().create_task(self._until_ready(sc, pod))
 
+    async def _health(self, pod: Pod) -> dict[str, Any] | None:
+        """A pod's ``/health`` answer, or None when it does not answer (yet)."""
+        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
+            try:
+                writer.write(request)
+                answer = await asyncio.wait_for(reader.read(), 1.0)
+            finally:
+                writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            health = json.loads(body) if b" 200 " in head.split(b"\r\n")[0] else None
+        except (OSError, ValueError, asyncio.TimeoutError):
+            return None
+        return health if isinstance(health, dict) else None
+
     async def _until_ready(self, sc: Scaled, pod: Pod) -> None:
         """Poll the pod's /health until it says ready, then let the router use it."""
-        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
         while pod.status != "stopped" and pod in self.ctl.pods.get(sc.name, []):
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
-                try:
-                    writer.write(request)
-                    answer = await asyncio.wait_for(reader.read(), 1.0)
-                finally:
-                    writer.close()
-                head, _, body = answer.partition(b"\r\n\r\n")
-                if b" 200 " in head.split(b"\r\n")[0] and json.loads(body).get("ready"):
+            health = await self._health(pod)
+            if health is not None:
+                self._observe(sc, pod, health)
+                if health.get("ready"):
                     sc.router.set_ready(pod.name, True)
                     sc.decider.hold(time.monotonic())
                     sc.watchers.pop(pod.name, None)
                     return
-            except (OSError, ValueError, asyncio.TimeoutError):
-                pass
             await asyncio.sleep(READY_POLL)
+
+    # -- launches ---------------------------------------------------------------------------
+
+    def _verify_soon(self, sc: Scaled) -> None:
+        if sc.pending is not None and (sc.verify is None or sc.verify.done()):
+            sc.verify = asyncio.get_running_loop().create_task(self._verify(sc))
+
+    async def _verify(self, sc: Scaled) -> None:
+        """Ask the pods how the pending launch went, until one serves it or one failed it."""
+        while sc.pending is not None:
+            for pod in list(self.ctl.pods.get(sc.name, [])):
+                if pod.status == "running" and sc.pending is not None:
+                    health = await self._health(pod)
+                    if health is not None:
+                        self._observe(sc, pod, health)
+            await asyncio.sleep(VERIFY_POLL)
+
+    def _observe(self, sc: Scaled, pod: Pod, health: dict[str, Any]) -> None:
+        """What a pod's /health says of the pending launch: served (pods started from now on
+        get it) or failed (dropped: they keep the last launch that succeeded)."""
+        spec = sc.pending
+        if spec is None:
+            return
+        launch_id = spec.get("launch_id")
+        error = health.get("launch_error")
+        if health.get("ready") and health.get("launch_id") == launch_id:
+            sc.launch, sc.pending, sc.failed = spec, None, None
+        elif isinstance(error, dict) and error.get("launch_id") == launch_id:
+            message = str(error.get("message") or "failed").strip().splitlines()
+            sc.pending = None
+            sc.failed = {"launch_id": launch_id, "pod": pod.name, "message": message[0][:300]}
+            kept = (sc.launch or {}).get("launch_id")
+            self.ctl.pod_event(
+                pod,
+                f"launch {launch_id} failed on {pod.name}; pods started from now on get "
+                + (f"launch {kept}, the last one that served" if kept else "no launch"),
+            )
+        else:
+            return
+        self._save(sc)
 
     # -- scaling ----------------------------------------------------------------------------
 
@@ -339,3 +432,34 @@ class Autoscalers:
             self.ctl.pod_event(pod, f"pod {pod.name} stopped: scaled down")
         finally:
             sc.stopping.discard(pod.rank)
+
+
+def plan_resize(
+    pods: list[Pod], replicas: int, autoscaled: bool, stopping: set[int]
+) -> tuple[list[Pod], list[int]]:
+    """What an apply changes in a pool: the pods to stop (highest rank first) and the ranks of
+    the pods to start. No two pods ever share a rank.
+
+    A pool of fixed size has the ranks ``0 .. replicas-1`` (distributed pools rely on it). An
+    autoscaled pool may have left gaps (rank 1 scaled down while rank 2 stayed), so a pool
+    switched back to a fixed size stops its pods past the size and starts the ranks missing
+    below it. An autoscaled pool keeps its pods (the autoscaler owns the count); pods it needs
+    take the lowest ranks neither used nor still stopping."""
+    ordered = sorted(pods, key=lambda p: p.rank)
+    if autoscaled:
+        extra = ordered[replicas:]
+        used = {p.rank for p in ordered[:replicas]} | stopping
+        free = (r for r in itertools.count() if r not in used)
+        missing = [next(free) for _ in range(replicas - len(ordered[:replicas]))]
+    else:
+        extra = [p for p in ordered if p.rank >= replicas]
+        used = {p.rank for p in ordered}
+        missing = [r for r in range(replicas) if r not in used]
+    return extra[::-1], missing
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write a small JSON file whole or not at all (a pod or a restart reads it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
