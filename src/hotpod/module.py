@@ -31,14 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from hotpod import coderef, membership
+from hotpod import coderef, membership, routing
 from hotpod.backends import PodInfo, ServiceInfo, get_backend
 from hotpod.client import CallOptions, PodClient
 from hotpod.codesync import find_project_root
 from hotpod.compute import Compute
 from hotpod.config import settings
 from hotpod.deploy import Deployment, check_name, deploy, service_name
-from hotpod.errors import SpecError
+from hotpod.distribute import COLLECTIVE_KINDS
+from hotpod.errors import CallError, SpecError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -139,10 +140,7 @@ class _Remote:
 
     def _routed(self) -> PodInfo | None:
         """An autoscaled service's router, as the one 'pod' its calls go to (load-balanced)."""
-        router = self._service.meta.get("router")
-        if not isinstance(router, dict) or not router.get("url"):
-            return None
-        return PodInfo(f"{self._service.name}-router", 0, router["url"], "running")
+        return routing.router_pod(self._service)
 
     def _targets(self) -> tuple[list[PodInfo], bool]:
         """The pods a call goes to (``workers=``; a Ray pool's head alone), whether it returns
@@ -152,33 +150,40 @@ class _Remote:
         if opts.restart:
             membership.restart(self._client, pods)
         single = membership.kind(self._service) == "ray" or (
-            opts.workers is None and len(pods) == 1
+            opts.workers is None and len(pods) == 1 and membership.procs(self._service) == 1
         )
         return pods, single
 
     def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
-        routed = self._routed()
-        pods, single = self._targets() if routed is None else ([routed], True)
+        if self._routed() is not None:  # one pod, picked by the router (``routing``)
+            return routing.call(self, method, args, kwargs, self._options)
+        pods, single = self._targets()
         if single:
             return self._client.call(pods[0], method, args, kwargs, self._options)
         watch = membership.watch_for(self._service, self._client, pods)
-        return self._client.broadcast(pods, method, args, kwargs, self._options, watch)
+        procs = membership.procs(self._service)
+        return self._client.broadcast(pods, method, args, kwargs, self._options, watch, procs)
 
     async def _ainvoke(self, method: str, args: tuple, kwargs: dict) -> Any:
         import asyncio
 
         from hotpod import aioclient
 
-        routed = self._routed()
-        if routed is not None:
-            pods, single = [routed], True
-        elif self._options.restart or self._options.workers == "ready":  # (they ask the pods)
+        if self._routed() is not None:  # one pod, picked by the router (``routing``)
+            return await routing.acall(self, method, args, kwargs, self._options)
+        if self._options.restart or self._options.workers == "ready":  # (they ask the pods)
             pods, single = await asyncio.to_thread(self._targets)
         else:
             pods, single = self._targets()
         if single:
             return await aioclient.call(self._client, pods[0], method, args, kwargs, self._options)
-        return await aioclient.broadcast(self._client, pods, method, args, kwargs, self._options)
+        watch = None
+        if membership.kind(self._service) in COLLECTIVE_KINDS:  # (it asks the backend)
+            watch = await asyncio.to_thread(membership.watch_for, self._service, self._client, pods)
+        procs = membership.procs(self._service)
+        return await aioclient.broadcast(
+            self._client, pods, method, args, kwargs, self._options, watch, procs
+        )
 
     def teardown(self) -> bool:
         """Delete the service and its pods. Returns False if it was already gone."""
@@ -440,7 +445,8 @@ class RemoteApp(_Remote):
 
     ``app.get("/hello")``, ``app.post("/items", json={...})`` and ``app.request(method, path,
     **httpx_kwargs)`` send a request to pod 0's app (``pod=N`` for another) with the token and
-    return the ``httpx.Response``. Another client needs the ``headers``.
+    return the ``httpx.Response``; while the app is down (it exited; the pod starts it again)
+    they raise ``CallError`` naming it and its exit code. Another client needs the ``headers``.
     """
 
     _http: Any = None  # one httpx.Client for every app handle of the process (warm connections)
@@ -476,9 +482,12 @@ class RemoteApp(_Remote):
             if RemoteApp._http is None:
                 RemoteApp._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
-        return self._http.request(
+        response = self._http.request(
             method, urls[pod] + "/" + path.lstrip("/"), headers=headers, **kwargs
         )
+        if response.status_code == 503 and response.headers.get("x-hotpod-app-down"):
+            raise CallError(response.json().get("error", response.text))  # (the pod restarts it)
+        return response
 
     def get(self, path: str = "/", **kwargs: Any) -> Any:
         """``GET path`` on the app (see :meth:`request`)."""
