@@ -218,7 +218,7 @@ async def _proxied(runner: AppRunner, path: str) -> tuple[int, dict[bytes, bytes
 def test_an_app_that_exits_is_started_again_after_a_back_off(tmp_path, monkeypatch):
     import hotpod.runtime.apps as apps
 
-    monkeypatch.setattr(apps, "RESTART_MIN", 0.6)
+    monkeypatch.setattr(apps, "RESTART_MIN", 2.0)  # long enough to see the back-off under load
     monkeypatch.setenv("HOTPOD_SERVICE", "one-shot")
     log = io.StringIO()
     runner = AppRunner(tmp_path, "one-shot-0", 0, log)
@@ -246,7 +246,7 @@ def test_an_app_that_exits_is_started_again_after_a_back_off(tmp_path, monkeypat
 
     asyncio.run(go())
     text = log.getvalue()
-    assert "the app exited with code 3; starting it again in 0.6 s (restart 1)" in text
+    assert "the app exited with code 3; starting it again in 2.0 s (restart 1)" in text
     assert "the app is back" in text and text.count("one-request server up") == 2
 
 

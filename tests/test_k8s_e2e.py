@@ -34,7 +34,12 @@ def dist_env():
     return {k: os.environ.get(k) for k in keys}
 
 def whoami(x):
-    return {"x": x, "host": os.environ.get("HOSTNAME")}
+    return {"x": x, "host": os.environ.get("HOSTNAME"), "pod": os.environ.get("HOTPOD_POD_NAME")}
+
+def where_hotpod():
+    import hotpod
+
+    return {"file": hotpod.__file__, "dir": os.environ.get("HOTPOD_RUNTIME_DIR")}
 
 def ray_env():
     keys = ("RAY_ADDRESS", "HOTPOD_RAY_ROLE", "RANK", "WORLD_SIZE")
@@ -516,6 +521,7 @@ def test_an_autoscaled_pool_is_a_knative_service_whose_calls_reach_one_pod_each(
     results = [remote(i) for i in range(4)]  # one result per call: one pod each
     assert [r["x"] for r in results] == [0, 1, 2, 3]
     assert {r["host"] for r in results} == set(remote.pods)  # spread over the pods
+    assert {r["pod"] for r in results} == set(remote.pods)  # (no downward API: the hostname)
     kube.delete("/api/v1/namespaces/default/services/web-00001")
 
 
@@ -548,3 +554,59 @@ def test_logs_follow_picks_up_later_pods_and_teardown_volumes_deletes_the_claim(
     result = CliRunner().invoke(main, ["teardown", "logf", "--volumes"])
     assert result.exit_code == 0 and "deleted logf" in result.output
     assert _kube().items(claims) == []
+
+
+def test_the_init_bootstrap_runs_hotpod_copied_from_the_runtime_image(
+    fake_cluster: Any,
+    hotpod_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    project: Any,
+    tmp_path: Path,
+) -> None:
+    import json
+    import shutil
+
+    from hotpod.backends.k8s import bootstrap
+
+    # the runtime image's tree (the fake runs images on this host): this hotpod and its info
+    source = tmp_path / "runtime-image" / "opt" / "hotpod" / "runtime"
+    host_hotpod = Path(kt.__file__).parent
+    shutil.copytree(host_hotpod, source / "hotpod", ignore=shutil.ignore_patterns("__pycache__"))
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    info = {"python": python, "libc": "glibc", "hotpod": kt.__version__}
+    (source / bootstrap.RUNTIME_INFO).write_text(json.dumps(info))
+    monkeypatch.setattr(bootstrap, "RUNTIME_SOURCE", str(source))
+    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
+    monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP", "init")
+    monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP_IMAGE", "my-team/hotpod-runtime:1")
+    reload_settings()
+    _, module = project
+    try:
+        remote = kt.fn(module.where_hotpod, name="booted").to(
+            kt.Compute(image=kt.Image("python:3.11"), **SMALL)
+        )
+        where = remote()
+        # the pod's hotpod is the copy in its emptyDir, not this host's
+        assert where["dir"].endswith("/hotpod-runtime")
+        assert where["file"] == f"{where['dir']}/hotpod/__init__.py"
+        assert not where["file"].startswith(str(host_hotpod))
+        (pod,) = fake_cluster.pods(fake_cluster.namespace, {"hotpod.dev/service": "booted"})
+        (init,) = pod["status"]["initContainerStatuses"]
+        assert init["name"] == "hotpod-runtime" and init["image"] == "my-team/hotpod-runtime:1"
+        assert init["state"]["terminated"]["exitCode"] == 0
+
+        # a runtime image for another Python: the pod says so, and .to() shows it
+        info["python"] = "3.9"
+        (source / bootstrap.RUNTIME_INFO).write_text(json.dumps(info))
+        with pytest.raises(kt.DeployError) as caught:
+            kt.fn(module.where_hotpod, name="mismatched").to(
+                kt.Compute(cpus="0.1", launch_timeout=30)
+            )
+        message = str(caught.value)
+        assert "keeps crashing" in message
+        assert "it was built for Python 3.9 (glibc) and this image runs Python" in message
+    finally:
+        _done("booted")
+        _done("mismatched")
+        monkeypatch.undo()
+        reload_settings()

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 import hotpod as kt
 from hotpod.autoscale import Autoscale
+from hotpod.backends.k8s.bootstrap import Bootstrap
 from hotpod.cli import main
 from hotpod.compute import Compute
 from hotpod.distribute import Distribute
@@ -216,11 +217,27 @@ CASES: dict[str, Callable[[], Compute]] = {
 }
 
 
+#: Computes as a deploy applies them with a pod bootstrap (HOTPOD_K8S_BOOTSTRAP, the backend's)
+BOOTSTRAPPED: dict[str, tuple[Callable[[], Compute], Bootstrap]] = {
+    "bootstrap_init": (
+        lambda: kt.Compute(
+            cpus="2", gpus="1", image=kt.Image("pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime")
+        ),
+        Bootstrap("init", "0.1.0", "registry.example.com/team/hotpod-runtime:0.1.0-py3.10"),
+    ),
+}
+
+
 def compiled(case: str) -> str:
+    if case in BOOTSTRAPPED:
+        make, bootstrap = BOOTSTRAPPED[case]
+        objs = compile_manifests(case.replace("_", "-"), make())
+        bootstrap.apply_all(objs)
+        return to_yaml(objs)
     return to_yaml(compile_manifests(case.replace("_", "-"), CASES[case]()))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted([*CASES, *BOOTSTRAPPED]))
 def test_golden(case: str) -> None:
     text = compiled(case)
     path = GOLDEN / f"{case}.yaml"
@@ -236,7 +253,7 @@ def test_golden(case: str) -> None:
 
 
 def test_every_golden_file_has_a_case() -> None:
-    assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == sorted(CASES)
+    assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == sorted([*CASES, *BOOTSTRAPPED])
 
 
 def objects(case: str) -> list[dict[str, Any]]:

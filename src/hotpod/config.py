@@ -10,6 +10,8 @@ Settings come from environment variables, then from an optional file
       reach: proxy             # auto (default) | direct | proxy
       runtime_image: my-team/hotpod-runtime:0.1
       bootstrap: image         # image (default: it has hotpod) | pip (installs it if missing)
+                               # | init (copies it from bootstrap_image in an init container)
+      bootstrap_image: my-team/hotpod-runtime:0.1.0-py3.11
 
 The file is read only when it exists (so ``import hotpod`` stays fast without one).
 """
@@ -31,9 +33,18 @@ ALIASES = {"k8s": "kubernetes", "kube": "kubernetes"}
 #: ``proxy`` (the API server's pod proxy, from outside), ``auto`` (direct when in a pod)
 REACH_MODES = ("auto", "direct", "proxy")
 CONFIG_FILE = "config.yaml"
-_K8S_KEYS = ("namespace", "context", "reach", "runtime_image", "kubeconfig", "bootstrap")
-#: how the pod runtime starts in an image: ``image`` (it has hotpod), ``pip`` (installs it)
-BOOTSTRAP_MODES = ("image", "pip")
+_K8S_KEYS = (
+    "namespace",
+    "context",
+    "reach",
+    "runtime_image",
+    "kubeconfig",
+    "bootstrap",
+    "bootstrap_image",
+)
+#: how the pod runtime starts in an image: ``image`` (it has hotpod), ``pip`` (installs it),
+#: ``init`` (an init container copies it from a runtime image)
+BOOTSTRAP_MODES = ("image", "pip", "init")
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class KubeSettings:
     runtime_image: str | None = None  # HOTPOD_RUNTIME_IMAGE
     kubeconfig: str | None = None  # KUBECONFIG
     bootstrap: str = "image"  # HOTPOD_K8S_BOOTSTRAP
+    bootstrap_image: str | None = None  # HOTPOD_K8S_BOOTSTRAP_IMAGE (the init mode's)
     in_cluster: bool = False  # KUBERNETES_SERVICE_HOST is set: this process runs in a pod
 
 
@@ -57,7 +69,7 @@ class Settings:
     ``HOTPOD_BACKEND``  ``local`` (the default) or ``kubernetes`` (alias ``k8s``)
     ``HOTPOD_POD``      set inside a pod; makes ``.to()`` return the local object
     ``HOTPOD_NAMESPACE``, ``HOTPOD_K8S_CONTEXT``, ``HOTPOD_K8S_REACH``, ``HOTPOD_RUNTIME_IMAGE``,
-    ``HOTPOD_K8S_BOOTSTRAP``, ``KUBECONFIG``: the Kubernetes backend's (see :class:`KubeSettings`)
+    ``HOTPOD_K8S_BOOTSTRAP``, ``HOTPOD_K8S_BOOTSTRAP_IMAGE``, ``KUBECONFIG``: the Kubernetes backend's (see :class:`KubeSettings`)
     """
 
     home: Path
@@ -137,8 +149,9 @@ def _kube(env: os._Environ[str] | dict[str, str], file: dict[str, Any]) -> KubeS
     bootstrap = (pick("HOTPOD_K8S_BOOTSTRAP", "bootstrap") or "image").lower()
     if bootstrap not in BOOTSTRAP_MODES:
         raise ConfigError(
-            f"HOTPOD_K8S_BOOTSTRAP={bootstrap!r}: expected image (the image has hotpod) or pip "
-            "(the pod installs hotpod when its image lacks it)"
+            f"HOTPOD_K8S_BOOTSTRAP={bootstrap!r}: expected image (the image has hotpod), pip "
+            "(the pod installs hotpod when its image lacks it) or init (an init container "
+            "copies hotpod from the runtime image HOTPOD_K8S_BOOTSTRAP_IMAGE)"
         )
     return KubeSettings(
         namespace=pick("HOTPOD_NAMESPACE", "namespace"),
@@ -147,6 +160,7 @@ def _kube(env: os._Environ[str] | dict[str, str], file: dict[str, Any]) -> KubeS
         runtime_image=pick("HOTPOD_RUNTIME_IMAGE", "runtime_image"),
         kubeconfig=pick("KUBECONFIG", "kubeconfig"),
         bootstrap=bootstrap,
+        bootstrap_image=pick("HOTPOD_K8S_BOOTSTRAP_IMAGE", "bootstrap_image"),
         in_cluster=bool(env.get("KUBERNETES_SERVICE_HOST")),
     )
 

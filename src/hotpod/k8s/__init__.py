@@ -29,8 +29,9 @@ from the downward API, the pod root on an ``emptyDir`` at ``/hotpod``, the world
 service token from the Secret ``NAME-hotpod-token`` (key ``token``), which the backend creates
 at apply time. So **the image must have hotpod installed** (and ``ray`` for a Ray pool): build
 it from ``hotpod dockerfile`` output plus ``pip install hotpod``, or pass ``runtime_image=`` an
-image that has it. The compiler emits no init step that pip-installs hotpod: that needs a
-package index reachable from the pods, and is left to the backend's bootstrap.
+image that has it. Starting it in an image without hotpod (pip-installing it, or copying it
+from a runtime image in an init container) is the backend's bootstrap
+(:mod:`hotpod.backends.k8s.bootstrap`), applied to these templates at deploy time.
 
 Secrets whose variable names are known here (``env_var=`` or ``values=``) become
 ``secretKeyRef`` variables (key: the name lower-cased, as :func:`hotpod.secret.kube_key` says);
@@ -42,7 +43,7 @@ Knative notes: fields beyond Knative's default pod-spec subset need its feature 
 (``kubernetes.podspec-nodeselector``, ``-tolerations``, ``-persistent-volume-claim``,
 ``-emptydir``); the downward-API variables (``HOTPOD_POD_NAME``...) and ``HOTPOD_WORLD_SIZE``
 are left out there (``kubernetes.podspec-fieldref`` is off by default, and an autoscaled pool
-has no fixed size), so the runtime must fall back to the pod's hostname (it does not yet).
+has no fixed size), so the runtime falls back to the pod's hostname for its name.
 """
 
 from __future__ import annotations

@@ -30,12 +30,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0
 DRAIN_TIMEOUT = 30.0
+
+
+def pod_name(env: Mapping[str, str]) -> str:
+    """The pod's name: ``HOTPOD_POD_NAME`` when the backend sets it, else the hostname (a
+    Kubernetes pod's hostname is its name; a Knative revision's pods get no downward-API
+    variables)."""
+    return env.get("HOTPOD_POD_NAME") or env.get("HOSTNAME") or socket.gethostname() or "pod"
 
 
 def _log(message: str) -> None:
@@ -297,6 +305,7 @@ class Supervisor:
 
 
 def main() -> int:
+    os.environ["HOTPOD_POD_NAME"] = pod_name(os.environ)  # for the workers and the user's code
     host = os.environ.get("HOTPOD_HOST", "127.0.0.1")
     port = int(os.environ.get("HOTPOD_PORT", "0"))
     try:

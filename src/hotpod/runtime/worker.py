@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     from hotpod.runtime.app import PodApp, PodState
     from hotpod.runtime.fastcall import protocol_factory
     from hotpod.runtime.setup import activate
+    from hotpod.runtime.supervisor import pod_name
     from hotpod.store import LocalStore
 
     env = os.environ
@@ -80,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     pod_log = logs.install()
     debug.install(
         token,
-        env.get("HOTPOD_POD_NAME", "pod"),
+        pod_name(env),
         int(env.get("HOTPOD_RANK", "0")),
         env.get("HOTPOD_SERVICE", ""),
         env.get("HOTPOD_HOST", "127.0.0.1"),
     )
     state = PodState(
-        pod=env.get("HOTPOD_POD_NAME", "pod"),
+        pod=pod_name(env),
         rank=int(env.get("HOTPOD_RANK", "0")),
         service=env.get("HOTPOD_SERVICE", ""),
         token=token,

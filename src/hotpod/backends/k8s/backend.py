@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from hotpod import transport
 from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
 from hotpod.backends.k8s import pods as podstate
-from hotpod.backends.k8s.bootstrap import apply_bootstrap
+from hotpod.backends.k8s.bootstrap import Bootstrap
 from hotpod.backends.k8s.kube import ApiError, Credentials, Kube, collection, object_path
 from hotpod.backends.k8s.observe import ObserveMixin
 from hotpod.backends.k8s.ship import Shipper
@@ -149,13 +149,14 @@ class KubernetesBackend(ObserveMixin, Backend):
         )
         from hotpod import __version__
 
-        bootstrap = self.settings.kube.bootstrap
-        template = compute.template_hash()[:16]
-        if bootstrap != "image":
-            template = f"{template[:12]}-{bootstrap}"
+        kube_settings = self.settings.kube
+        bootstrap = Bootstrap.from_settings(
+            kube_settings.bootstrap, kube_settings.bootstrap_image, __version__
+        )
+        template = bootstrap.label(compute.template_hash())
         for obj in objects:
             for pod_template in pod_templates(obj):
-                apply_bootstrap(pod_template, bootstrap, __version__)
+                bootstrap.apply(pod_template)
                 pod_template.setdefault("metadata", {}).setdefault("labels", {})[TEMPLATE_LABEL] = (
                     template
                 )
