@@ -610,3 +610,41 @@ def test_the_init_bootstrap_runs_hotpod_copied_from_the_runtime_image(
         _done("mismatched")
         monkeypatch.undo()
         reload_settings()
+
+
+def test_an_init_bootstrap_that_cannot_run_fails_the_deploy_naming_the_init_container(
+    fake_cluster: Any,
+    hotpod_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    project: Any,
+    tmp_path: Path,
+) -> None:
+    from hotpod.backends.k8s import bootstrap
+
+    monkeypatch.setattr(bootstrap, "RUNTIME_SOURCE", str(tmp_path / "no-such-runtime"))
+    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
+    monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP", "init")
+    monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP_IMAGE", "my-team/hotpod-runtime:1")
+    reload_settings()
+    _, module = project
+    try:
+        # the copy fails (nothing at the source): the init container's exit and log are named
+        start = time.monotonic()
+        with pytest.raises(kt.DeployError) as caught:
+            kt.fn(module.where_hotpod, name="no-copy").to(kt.Compute(cpus="0.1", launch_timeout=60))
+        message = str(caught.value)
+        assert "init container 'hotpod-runtime' of pod no-copy-" in message, message
+        assert "failed (exit code" in message and "no-such-runtime" in message, message
+        assert time.monotonic() - start < 30
+        # the runtime image cannot be pulled: said at once, naming it
+        fake_cluster.missing_images.add("my-team/hotpod-runtime:1")
+        with pytest.raises(kt.DeployError) as caught:
+            kt.fn(module.where_hotpod, name="no-pull").to(kt.Compute(cpus="0.1", launch_timeout=60))
+        message = str(caught.value)
+        assert "init container 'hotpod-runtime'" in message, message
+        assert "cannot pull its image 'my-team/hotpod-runtime:1'" in message, message
+    finally:
+        _done("no-copy")
+        _done("no-pull")
+        monkeypatch.undo()
+        reload_settings()

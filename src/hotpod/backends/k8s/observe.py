@@ -45,9 +45,18 @@ class ObserveMixin:
         return f"{collection('v1', 'Pod', ns)}/{pod}/log"
 
     def read_log(
-        self, pod: str, ns: str, tail: int | None = None, previous: bool = False
+        self,
+        pod: str,
+        ns: str,
+        tail: int | None = None,
+        previous: bool = False,
+        container: str = "hotpod",
     ) -> builtins.list[str]:
-        query = {"container": "hotpod", "tailLines": tail, "previous": "true" if previous else None}
+        query = {
+            "container": container,
+            "tailLines": tail,
+            "previous": "true" if previous else None,
+        }
         text = self.kube.request("GET", self._log_path(ns, pod), query=query, raw=True)
         return str(text).splitlines()
 
@@ -197,17 +206,28 @@ class ObserveMixin:
             )
 
     def _log_tail(self, pod: dict[str, Any], ns: str, kind: str) -> str:
-        if kind != "crashloop":
+        if kind not in ("crashloop", "init"):
             return ""
         name = pod["metadata"]["name"]
+        container = "hotpod"
+        if kind == "init":  # the init container that failed (the first that did not succeed)
+            inits = (pod.get("status") or {}).get("initContainerStatuses") or []
+            failing = [c for c in inits if _exit_code(c) != 0]
+            container = str((failing or inits or [{}])[0].get("name") or "hotpod")
         for previous in (True, False):
             try:
-                lines = self.read_log(name, ns, tail=20, previous=previous)
+                lines = self.read_log(name, ns, tail=20, previous=previous, container=container)
             except HotpodError:
                 continue
             if lines:
                 return " Its log ends with:\n" + "\n".join(lines)
         return " Its log is empty."
+
+
+def _exit_code(container_status: dict[str, Any]) -> int | None:
+    """The exit code of a container that ran to its end; None while it has not."""
+    code = ((container_status.get("state") or {}).get("terminated") or {}).get("exitCode")
+    return code if isinstance(code, int) else None
 
 
 def _phase(pod: dict[str, Any]) -> str:

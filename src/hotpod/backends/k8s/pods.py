@@ -123,7 +123,8 @@ def events_for(pod: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[s
 @dataclass(frozen=True)
 class Trouble:
     """Why a pod is not ready. ``kind``: image | config | crashloop | unschedulable | scaling
-    (unschedulable while the cluster autoscaler adds a node) | waiting. ``final``: it will not
+    (unschedulable while the cluster autoscaler adds a node) | init (an init container
+    failed) | waiting. ``final``: it will not
     fix itself (raise now); else it may (raise past a grace period; ``scaling``: at the timeout).
     """
 
@@ -132,9 +133,42 @@ class Trouble:
     final: bool
 
 
+def init_trouble(pod: dict[str, Any]) -> Trouble | None:
+    """An init container (the ``init`` bootstrap's copy of the runtime) that cannot run or
+    failed: the pod's own container never starts."""
+    name = _meta(pod).get("name", "?")
+    for st in _status(pod).get("initContainerStatuses") or []:
+        state = st.get("state") or {}
+        waiting, done = state.get("waiting") or {}, state.get("terminated") or {}
+        reason, message = str(waiting.get("reason") or ""), str(waiting.get("message") or "")
+        what = f"init container {st.get('name', '?')!r} of pod {name}"
+        if reason in _IMAGE_REASONS:
+            return Trouble(
+                "image",
+                f"{what} cannot pull its image {st.get('image') or '?'!r} ({reason}"
+                f"{': ' + message if message else ''}). Check the runtime image's name and tag "
+                "(HOTPOD_K8S_BOOTSTRAP_IMAGE), and that the cluster may pull it.",
+                reason != "ErrImagePull",
+            )
+        failed = (st.get("lastState") or {}).get("terminated") or done
+        code = failed.get("exitCode")
+        if reason == "CrashLoopBackOff" or (isinstance(code, int) and code != 0):
+            return Trouble(
+                "init",
+                f"{what} failed (exit code {code}"
+                f"{': ' + str(failed.get('message')) if failed.get('message') else ''}); the pod's "
+                "own container cannot start.",
+                True,
+            )
+    return None
+
+
 def trouble(pod: dict[str, Any], events: list[dict[str, Any]], restarts0: int) -> Trouble | None:
     """What keeps the pod from being ready, as far as its status and events tell."""
     name = _meta(pod).get("name", "?")
+    early = init_trouble(pod)
+    if early is not None:
+        return early
     reason, message = waiting_reason(pod)
     if reason in _IMAGE_REASONS:
         final = reason != "ErrImagePull"  # (the first failure; the next is ImagePullBackOff)
@@ -188,6 +222,7 @@ __all__ = [
     "container_status",
     "events_for",
     "image_of",
+    "init_trouble",
     "is_ready",
     "last_exit",
     "rank_key",
