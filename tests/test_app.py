@@ -334,3 +334,63 @@ def test_check_reports_an_app_that_exited():
     _diagnose("a", "http://127.0.0.1:1", pc)
     assert pc.problem is not None and "the app exited with code 3 (2 restarts)" in pc.problem
     assert pc.fix is not None and "hotpod logs a --pod a-0" in pc.fix
+
+
+FASTAPI_APP = """
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+app = FastAPI()
+print("fastapi app starting", flush=True)
+
+
+class Item(BaseModel):
+    name: str
+    qty: int = 1
+
+
+@app.get("/items/{item_id}")
+def read_item(item_id: int, q: str | None = None):
+    print(f"fastapi app: read item {item_id}", flush=True)
+    return {"item_id": item_id, "q": q}
+
+
+@app.post("/items")
+def create_item(item: Item):
+    return {"created": item.name, "qty": item.qty}
+"""
+
+
+@pytest.mark.slow
+def test_a_fastapi_app_answers_through_its_handle_and_logs(hotpod_home, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hotpod.cli import main
+
+    project = tmp_path / "fastapiproj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname='fastapiproj'\n")
+    (project / "hp_fastapi_app.py").write_text(FASTAPI_APP)
+    (project / "hp_fastapi_driver.py").write_text(
+        "import hotpod as kt\n\n\n"
+        "def deploy():\n"
+        "    command = 'python -m uvicorn hp_fastapi_app:app --port $HOTPOD_APP_PORT'\n"
+        "    app = kt.app(command, name='fastapi-app', health='/docs')\n"
+        "    return app.to(kt.Compute(cpus='0.5', launch_timeout=60))\n"
+    )
+    monkeypatch.syspath_prepend(str(project))
+    import hp_fastapi_driver
+
+    handle = hp_fastapi_driver.deploy()
+    try:
+        assert handle.get("/items/7", params={"q": "x"}).json() == {"item_id": 7, "q": "x"}
+        assert handle.post("/items", json={"name": "gpu", "qty": 2}).json() == {
+            "created": "gpu",
+            "qty": 2,
+        }
+        invalid = handle.post("/items", json={"qty": "many"})  # FastAPI's own validation
+        assert invalid.status_code == 422
+        logs = CliRunner().invoke(main, ["logs", "fastapi-app"]).output
+        assert "fastapi app starting" in logs and "fastapi app: read item 7" in logs
+    finally:
+        handle.teardown()
