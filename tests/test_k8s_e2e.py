@@ -348,11 +348,9 @@ def test_a_replaced_pod_and_a_scaled_up_pod_serve_the_current_code_without_a_cli
 
 
 def _free_port() -> int:
-    import socket
+    from hotpod._ports import free_port  # (outside the ephemeral range: pods share this host)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def test_a_distributed_pool_gives_each_pod_its_rank_and_the_peers(

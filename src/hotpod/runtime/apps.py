@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hotpod import loglines
+from hotpod._ports import free_port
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _read_body
 
 #: seconds a stopped app has between SIGTERM and SIGKILL
@@ -117,12 +117,6 @@ def app_env(
     pythonpath = env.get("PYTHONPATH")
     env["PYTHONPATH"] = cwd + (os.pathsep + pythonpath if pythonpath else "")
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class AppProcess:

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from hotpod._ports import free_port
+
 #: how long a worker node waits for the head's GCS to accept connections
 HEAD_TIMEOUT = 120.0
 START_TIMEOUT = 180.0
@@ -45,12 +47,6 @@ class RayNodeError(Exception):
     def __init__(self, message: str, tail: str = "") -> None:
         super().__init__(message)
         self.tail = tail
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_dir(root: Path) -> Path:
@@ -132,11 +128,11 @@ def _start(
     link.symlink_to(directory, target_is_directory=True)
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--node-ip-address", "127.0.0.1"]
     cmd += ["--num-cpus", str(cpus), "--temp-dir", str(link), "--disable-usage-stats"]
-    cmd += ["--dashboard-agent-listen-port", str(_free_port())]
+    cmd += ["--dashboard-agent-listen-port", str(free_port())]
     if want["head"]:
         what = f"Ray head on port {port}"
         cmd += ["--head", "--port", str(port), "--include-dashboard=false"]
-        cmd += ["--dashboard-port", str(_free_port())]
+        cmd += ["--dashboard-port", str(free_port())]
     else:
         what = f"Ray worker node joined to {host}:{port}"
         emit(f"waiting for the Ray head at {host}:{port}")

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hotpod import loglines
+from hotpod._ports import free_port
 from hotpod.backends.local.registry import Registry
 from hotpod.backends.local.scaling import Autoscalers
 from hotpod.config import Settings, reload_settings
@@ -91,12 +92,6 @@ class Pod:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
         }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def template_hash(template: dict[str, Any]) -> str:
@@ -280,11 +275,7 @@ class Controller:
         return used
 
     def _free_port(self) -> int:
-        used = self._used_ports()
-        port = free_port()
-        while port in used:
-            port = free_port()
-        return port
+        return free_port(self._used_ports())
 
     def _set_dist_port(self, svc: dict[str, Any], kept: int | None) -> None:
         """Give a distributed pool a rendezvous port of its own, kept across restarts.
