@@ -41,6 +41,9 @@ def hotpod_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         try:
             teardown(all=True)
         finally:
+            from hotpod.backends import close_backends
+
+            close_backends()
             for proc in hotpod_processes(home):
                 proc.kill()
             if old is None:

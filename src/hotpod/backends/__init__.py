@@ -6,10 +6,21 @@ streams pod logs and tears down. Nothing above this seam branches on which backe
 
 from __future__ import annotations
 
+import atexit
+
 from hotpod.backends.base import Backend, Plan, PodInfo, PodShell, PodStats, ServiceInfo
 from hotpod.config import Settings, settings
 
 _backends: dict[Settings, Backend] = {}
+
+
+def close_backends() -> None:
+    """Close every backend's connections (at exit: nothing is left for the collector)."""
+    while _backends:
+        _backends.popitem()[1].close()
+
+
+atexit.register(close_backends)
 
 
 def get_backend() -> Backend:
@@ -31,4 +42,13 @@ def get_backend() -> Backend:
     return backend
 
 
-__all__ = ["Backend", "Plan", "PodInfo", "PodShell", "PodStats", "ServiceInfo", "get_backend"]
+__all__ = [
+    "Backend",
+    "Plan",
+    "PodInfo",
+    "PodShell",
+    "PodStats",
+    "ServiceInfo",
+    "close_backends",
+    "get_backend",
+]

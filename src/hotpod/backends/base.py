@@ -197,6 +197,10 @@ class Backend(abc.ABC):
         """
         return None
 
+    def close(self) -> None:
+        """Close the backend's connections (it opens new ones if used again)."""
+        return None
+
     def purge_logs(self, name: str) -> bool:
         """Delete the kept logs of a service (emptied while it runs); False if it had none."""
         raise HotpodError(f"the {self.name} backend does not keep logs to purge")

@@ -64,6 +64,11 @@ class LocalBackend(Backend):
             )
         return self._client
 
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     def _ping(self) -> bool:
         if not self.settings.controller_socket.exists():
             return False
