@@ -430,13 +430,14 @@ class AppRunner:
         if app is None:
             return None
         restart_in = app.restart_at - time.time() if app.restart_at is not None else None
+        running = app.returncode is None  # (an exit shows here before its watcher has run)
         return {
-            "pid": app.pid if app.returncode is None else None,
+            "pid": app.pid if running else None,
             "port": app.port,
-            "running": app.returncode is None,
-            "ready": app.ready,
+            "running": running,
+            "ready": app.ready and running,
             "restarts": app.restarts,
-            "last_exit": app.last_exit,
+            "last_exit": app.last_exit if running else app.returncode,
             "restart_in": round(max(restart_in, 0.0), 2) if restart_in is not None else None,
         }
 
