@@ -72,8 +72,10 @@ def test_rotated_log_is_read_first(backend: LocalBackend, tmp_path: Path) -> Non
 
 
 def test_missing_logs_are_named(backend: LocalBackend) -> None:
-    with pytest.raises(ServiceNotFoundError, match="no logs for pod 'svc-7'"):
+    with pytest.raises(ServiceNotFoundError, match=r"no pod 'svc-7'; its pods: svc-0, svc-1$"):
         list(backend.logs("svc", pod="svc-7"))
+    with pytest.raises(ServiceNotFoundError, match="no logs for service 'other'"):
+        list(backend.logs("other", pod="other-0"))
     with pytest.raises(ServiceNotFoundError, match="no logs for service 'other'"):
         list(backend.logs("other"))
     assert backend.logged_services() == ["svc"]

@@ -559,3 +559,32 @@ def test_killed_worker_fails_the_call_and_comes_back(real_pod: RealPod) -> None:
     finally:
         client._transport.close()  # PodClient.close() leaves this thread's connection open
         client.close()
+
+
+def test_a_handed_launch_that_kills_its_worker_fails_and_the_pod_falls_back(
+    real_pod: RealPod, tmp_path: Path
+) -> None:
+    """A new autoscaled pod is handed the pending launch (``launch.next.json``) besides the last
+    good one: code that ends the process at import fails that launch, once, instead of
+    restarting the worker into it again and again."""
+    before = real_pod.wait_ready()
+    project = tmp_path / "exits"
+    project.mkdir()
+    (project / "exits_mod.py").write_text("import os\nos._exit(3)\n\ndef f(x):\n    return x\n")
+    store = LocalStore(tmp_path / "home" / "store")
+    manifest = codesync.sync(project, store, cache_dir=tmp_path / "hash-cache").manifest_id
+    code = {"manifest": manifest, "paths": [""], "module": "exits_mod", "script": None}
+    pending = {"launch_id": "l2", "service": "robust", "kind": "fn", "init": None, "env": {}}
+    pending["code"] = {**code, "qualname": "f", "by_value": None}
+    state = tmp_path / "home" / "pods" / "robust-0" / ".hotpod"
+    (state / "launch.next.json").write_text(json.dumps(pending))
+    os.kill(before["pid"], signal.SIGKILL)  # the next worker is handed it, as a new pod's is
+
+    after = real_pod.wait_ready(timeout=10, not_pid=before["pid"])
+    assert after["launch_id"] == "l1"  # the last good launch, resumed
+    assert after["launch_error"]["launch_id"] == "l2"  # what the controller waits to hear
+    assert "exited with code 3 before it was ready" in after["launch_error"]["message"]
+    assert not (state / "launch.next.json").exists()
+    time.sleep(0.5)  # (a worker in a loop would have been restarted again by now)
+    assert real_pod.health()["pid"] == after["pid"]
+    assert real_pod.log().count("exited with code 3") == 1

@@ -15,6 +15,16 @@ def test_all_is_sorted_and_every_name_resolves():
         assert getattr(hotpod, name) is not None, name
 
 
+def test_results_is_a_plain_list_that_knows_whose_each_result_is():
+    import pickle
+
+    r = hotpod.Results(["b", "a"], ranks=[1, 0], pods=["svc-1", "svc-0"])
+    assert isinstance(r, list) and r == ["b", "a"] and r[:1] == ["b"]
+    assert r.by_rank() == {1: "b", 0: "a"} and r.items() == [(1, "b"), (0, "a")]
+    back = pickle.loads(pickle.dumps(r))
+    assert type(back) is hotpod.Results and back.pods == ["svc-1", "svc-0"]
+
+
 def test_unknown_attribute_raises_attribute_error():
     try:
         hotpod.nope  # noqa: B018

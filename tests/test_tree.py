@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,7 +15,25 @@ import dist_code as dc
 import hotpod as kt
 from hotpod import tree, wire
 from hotpod.backends import PodInfo
+from hotpod.config import reload_settings
+from hotpod.errors import ConfigError
 from hotpod.runtime import relay
+
+
+@pytest.fixture
+def fanout_tree(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str | None], None]]:
+    """Sets HOTPOD_FANOUT_TREE (None: unsets it) and re-reads the settings; restores both."""
+
+    def set_to(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv("HOTPOD_FANOUT_TREE", raising=False)
+        else:
+            monkeypatch.setenv("HOTPOD_FANOUT_TREE", value)
+        reload_settings()
+
+    yield set_to
+    monkeypatch.undo()
+    reload_settings()
 
 
 def pods(n: int) -> list[PodInfo]:
@@ -55,13 +74,21 @@ def test_a_tree_answers_for_every_process_once_in_rank_order(n, procs, degree):
     assert names == (["p-0"] if procs == 1 else [f"p-0/{k}" for k in range(procs)])
 
 
-def test_the_threshold_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("HOTPOD_FANOUT_TREE", "3")
+def test_the_threshold_comes_from_the_environment(fanout_tree):
+    fanout_tree("3")
     assert not tree.use_tree(pods(3)) and tree.use_tree(pods(4))
-    monkeypatch.setenv("HOTPOD_FANOUT_TREE", "0")
+    fanout_tree("0")
     assert not tree.use_tree(pods(500))
-    monkeypatch.delenv("HOTPOD_FANOUT_TREE")
-    assert tree.threshold() == tree.DEFAULT_THRESHOLD
+    fanout_tree(None)
+    assert tree.threshold() == tree.DEFAULT_THRESHOLD == 64
+    fanout_tree(" ")
+    assert tree.threshold() == 64
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "2.5"])
+def test_a_bad_threshold_is_refused_saying_what_is_allowed(fanout_tree, value):
+    with pytest.raises(ConfigError, match=rf"HOTPOD_FANOUT_TREE='{value}': expected a whole"):
+        fanout_tree(value)
 
 
 def test_a_relay_answer_is_read_leaf_by_leaf(capsys):
@@ -92,8 +119,10 @@ def test_a_relay_answer_is_read_leaf_by_leaf(capsys):
 
 
 @pytest.mark.slow
-def test_a_broadcast_down_a_tree_gathers_results_errors_and_logs(hotpod_home, monkeypatch, capsys):
-    monkeypatch.setenv("HOTPOD_FANOUT_TREE", "2")
+def test_a_broadcast_down_a_tree_gathers_results_errors_and_logs(
+    hotpod_home, monkeypatch, fanout_tree, capsys
+):
+    fanout_tree("2")
     monkeypatch.setattr(tree, "DEGREE", 2)
     called = []
     real = tree.call_pod
@@ -119,8 +148,8 @@ def test_a_broadcast_down_a_tree_gathers_results_errors_and_logs(hotpod_home, mo
 
 
 @pytest.mark.slow
-def test_a_tree_of_pods_running_two_processes_each(hotpod_home, monkeypatch):
-    monkeypatch.setenv("HOTPOD_FANOUT_TREE", "2")
+def test_a_tree_of_pods_running_two_processes_each(hotpod_home, monkeypatch, fanout_tree):
+    fanout_tree("2")
     monkeypatch.setattr(tree, "DEGREE", 2)
     compute = kt.Compute(cpus="0.1").distribute("spmd", workers=3, num_proc=2)
     envs = kt.fn(dc.dist_env, name="tree-np").to(compute)()

@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "RemoteError": "hotpod.errors",
     "RemoteFn": "hotpod.module",
     "ResourceUnavailableError": "hotpod.errors",
+    "Results": "hotpod.results",
     "Secret": "hotpod.secret",
     "ServiceNotFoundError": "hotpod.errors",
     "SpecError": "hotpod.errors",
@@ -68,6 +69,7 @@ __all__ = [
     "RemoteError",
     "RemoteFn",
     "ResourceUnavailableError",
+    "Results",
     "Secret",
     "ServiceNotFoundError",
     "SpecError",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:
     )
     from hotpod.image import Image
     from hotpod.module import App, Cls, Fn, RemoteApp, RemoteCls, RemoteFn, app, cls, fn
+    from hotpod.results import Results
     from hotpod.secret import Secret
     from hotpod.services import list_services, lookup, teardown
     from hotpod.volume import Volume

@@ -110,32 +110,13 @@ async def _call_pod(
     headers, start, deadline, what = tree.relay_headers(
         client, pod, method, ctype, opts, request_id, targets, fail_fast
     )
-    if pod.name in client._suspect:
-        await asyncio.to_thread(client._await_pod, pod, what, start, deadline)
-    atransport = _transport(client)
-    retried = False
-    while True:
-        try:
-            resp = await atransport.request(pod.url, relay.PATH, body, headers, deadline)
-            break
-        except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
-            await asyncio.sleep(client.retry_delay(exc, retried, what, pod, opts, start, deadline))
-            retried = retried or isinstance(exc, transport.Broken)
-    try:
+    resp = await _send(client, pod, relay.PATH, body, headers, what, opts, start, deadline)
+    with client.reading(resp, pod, what, opts):
         if resp.status != 200:
             raise client._status_error(pod, method, resp.status, await resp.read())
         reader = tree.RelayReader(names, opts.stream_logs, client.log_out)
         async for chunk in resp.chunks():
             reader.feed(chunk)
-    except transport.TimedOut:
-        resp.abandon()
-        raise client._timeout(what, opts) from None
-    except transport.Broken as exc:
-        resp.abandon()
-        raise client._broken(what, pod, exc) from None
-    except BaseException:
-        resp.abandon()
-        raise
     return reader.outcomes()
 
 
@@ -149,31 +130,35 @@ async def _call(
     request_id: str | None = None,
 ) -> Any:
     path, headers, start, deadline, what = client.call_setup(pod, method, ctype, opts, request_id)
+    resp = await _send(client, pod, path, body, headers, what, opts, start, deadline)
+    with client.reading(resp, pod, what, opts):  # cancelled too: abandoned, which tells the pod
+        if resp.status != 200:
+            raise client._status_error(pod, method, resp.status, await resp.read())
+        return await _read_frames(client, pod, resp, what, opts)
+
+
+async def _send(
+    client: PodClient,
+    pod: PodInfo,
+    path: str,
+    body: wire.Body,
+    headers: dict[str, str],
+    what: str,
+    opts: CallOptions,
+    start: float,
+    deadline: float | None,
+) -> aiotransport.AsyncResponse:
+    """The async twin of ``PodClient.send``: the request sent, its answer's head arrived."""
     if pod.name in client._suspect:
         await asyncio.to_thread(client._await_pod, pod, what, start, deadline)
     atransport = _transport(client)
     retried = False
     while True:
         try:
-            resp = await atransport.request(pod.url, path, body, headers, deadline)
-            break
+            return await atransport.request(pod.url, path, body, headers, deadline)
         except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
             await asyncio.sleep(client.retry_delay(exc, retried, what, pod, opts, start, deadline))
             retried = retried or isinstance(exc, transport.Broken)
-    try:
-        if resp.status != 200:
-            data = await resp.read()
-            raise client._status_error(pod, method, resp.status, data)
-        return await _read_frames(client, pod, resp, what, opts)
-    except transport.TimedOut:
-        resp.abandon()
-        raise client._timeout(what, opts) from None
-    except transport.Broken as exc:
-        resp.abandon()
-        raise client._broken(what, pod, exc) from None
-    except BaseException:  # cancelled too: closing the connection tells the pod
-        resp.abandon()
-        raise
 
 
 def _transport(client: PodClient) -> aiotransport.AsyncTransport:

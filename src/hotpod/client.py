@@ -42,6 +42,7 @@ from hotpod.errors import (
     ProtocolError,
 )
 from hotpod.progress import Progress
+from hotpod.results import Results
 
 if TYPE_CHECKING:
     from hotpod.aiotransport import AsyncTransport
@@ -127,27 +128,6 @@ class CallOptions:
             )
         if not isinstance(self.restart, bool):
             raise SpecError(f"restart={self.restart!r}: expected True or False")
-
-
-class Results(list[Any]):
-    """A broadcast's results: a plain list in rank order (``results == [1, 2]`` holds), that
-    also knows whose each result is. ``ranks[i]`` and ``pods[i]`` are the rank and the pod (or
-    ``pod/K``, the process of local rank K of a pod running several) of ``results[i]``;
-    ``by_rank()`` maps each rank to its result; ``items()`` gives (rank, result) pairs."""
-
-    def __init__(self, values: Sequence[Any], ranks: Sequence[int], pods: Sequence[str]) -> None:
-        super().__init__(values)
-        self.ranks = list(ranks)
-        self.pods = list(pods)
-
-    def by_rank(self) -> dict[int, Any]:
-        return dict(zip(self.ranks, self, strict=True))
-
-    def items(self) -> list[tuple[int, Any]]:
-        return list(zip(self.ranks, self, strict=True))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # (pickled as what it is, with its ranks)
-        return (Results, (list(self), self.ranks, self.pods))
 
 
 class PodClient:
@@ -273,18 +253,37 @@ class PodClient:
         request_id: str | None = None,
     ) -> Any:
         path, headers, start, deadline, what = self.call_setup(pod, method, ctype, opts, request_id)
+        resp = self.send(pod, path, body, headers, what, opts, start, deadline)
+        return self._answer(pod, method, resp, deadline, what, opts)
+
+    def send(
+        self,
+        pod: PodInfo,
+        path: str,
+        body: wire.Body,
+        headers: dict[str, str],
+        what: str,
+        opts: CallOptions,
+        start: float,
+        deadline: float | None,
+    ) -> transport.Response:
+        """Send a call's request and return once its answer's head has arrived: first waits
+        for a pod that broke a call, and resends by the rule of ``retry_delay``."""
         if pod.name in self._suspect:
             self._await_pod(pod, what, start, deadline)
         retried = False
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
-                resp = self._transport.request(pod.url, path, body, headers, remaining)
-                break
+                return self._transport.request(pod.url, path, body, headers, remaining)
             except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
                 time.sleep(self.retry_delay(exc, retried, what, pod, opts, start, deadline))
                 retried = retried or isinstance(exc, transport.Broken)
-        return self._answer(pod, method, resp, deadline, what, opts)
+
+    def reading(self, resp: Any, pod: PodInfo, what: str, opts: CallOptions) -> _Reading:
+        """``with client.reading(resp, ...)`` around reading an answer (sync or async): a failure
+        abandons the connection; a timeout or a break raises CallTimeoutError/PodTerminatedError."""
+        return _Reading(self, resp, pod, what, opts)
 
     def _answer(
         self,
@@ -296,20 +295,10 @@ class PodClient:
         opts: CallOptions,
     ) -> Any:
         """The result of a call whose answer's head has arrived, or its error raised."""
-        try:
+        with _Reading(self, resp, pod, what, opts):
             if resp.status != 200:
-                data = resp.read()
-                raise self._status_error(pod, method, resp.status, data)
+                raise self._status_error(pod, method, resp.status, resp.read())
             return self._read_frames(pod, resp, deadline, what, opts)
-        except transport.TimedOut:
-            resp.abandon()
-            raise self._timeout(what, opts) from None
-        except transport.Broken as exc:
-            resp.abandon()
-            raise self._broken(what, pod, exc) from None
-        except BaseException:
-            resp.abandon()
-            raise
 
     def call_setup(
         self, pod: PodInfo, method: str, ctype: str, opts: CallOptions, request_id: str | None
@@ -579,3 +568,32 @@ class PodClient:
             f"the pod's new worker did not serve launch {launch_id} within {timeout:g} s; "
             f"see 'hotpod logs {self.service} --pod {pod.name}'"
         )
+
+
+class _Reading:
+    """The context of ``PodClient.reading`` (a class: cheaper per call than a generator's)."""
+
+    __slots__ = ("client", "opts", "pod", "resp", "what")
+
+    def __init__(
+        self, client: PodClient, resp: Any, pod: PodInfo, what: str, opts: CallOptions
+    ) -> None:
+        self.client = client
+        self.resp = resp
+        self.pod = pod
+        self.what = what
+        self.opts = opts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None:
+            return
+        self.resp.abandon()  # cancelled too: closing the connection tells the pod
+        if isinstance(exc, transport.TimedOut):
+            raise self.client._timeout(self.what, self.opts) from None
+        if isinstance(exc, transport.Broken):
+            raise self.client._broken(self.what, self.pod, exc) from None

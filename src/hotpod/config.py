@@ -45,6 +45,10 @@ _K8S_KEYS = (
 #: how the pod runtime starts in an image: ``image`` (it has hotpod), ``pip`` (installs it),
 #: ``init`` (an init container copies it from a runtime image)
 BOOTSTRAP_MODES = ("image", "pip", "init")
+#: a broadcast to more pods than this goes down a tree of relaying pods (``HOTPOD_FANOUT_TREE``;
+#: 0: never): on a 2-core machine the flat fan-out was faster at 16 and 32 pods, the most it
+#: can run (docs/distributed.md#large-pools)
+DEFAULT_FANOUT_TREE = 64
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Settings:
     ``HOTPOD_HOME``     directory for the local controller, pods, store and tokens (``~/.hotpod``)
     ``HOTPOD_BACKEND``  ``local`` (the default) or ``kubernetes`` (alias ``k8s``)
     ``HOTPOD_POD``      set inside a pod; makes ``.to()`` return the local object
+    ``HOTPOD_FANOUT_TREE``  ``fanout_tree``: a broadcast to more pods than this goes down a
+                        tree of relaying pods (a whole number; 0: never; default 64)
     ``HOTPOD_NAMESPACE``, ``HOTPOD_K8S_CONTEXT``, ``HOTPOD_K8S_REACH``, ``HOTPOD_RUNTIME_IMAGE``,
     ``HOTPOD_K8S_BOOTSTRAP``, ``HOTPOD_K8S_BOOTSTRAP_IMAGE``, ``KUBECONFIG``: the Kubernetes backend's (see :class:`KubeSettings`)
     """
@@ -76,6 +82,7 @@ class Settings:
     backend: str
     in_pod: bool
     kube: KubeSettings = KubeSettings()
+    fanout_tree: int = DEFAULT_FANOUT_TREE
 
     @property
     def store_dir(self) -> Path:
@@ -133,6 +140,22 @@ def _backend_name(value: str, where: str) -> str:
     return name
 
 
+def _fanout_tree(value: str) -> int:
+    if not value.strip():
+        return DEFAULT_FANOUT_TREE
+    try:
+        pods = int(value)
+    except ValueError:
+        pods = -1
+    if pods < 0:
+        raise ConfigError(
+            f"HOTPOD_FANOUT_TREE={value!r}: expected a whole number of pods, past which a "
+            f"broadcast goes down a tree of relaying pods (0: never; unset: "
+            f"{DEFAULT_FANOUT_TREE})"
+        )
+    return pods
+
+
 def _kube(env: os._Environ[str] | dict[str, str], file: dict[str, Any]) -> KubeSettings:
     conf = file.get("kubernetes") or {}
 
@@ -176,7 +199,13 @@ def _read() -> Settings:
             str(file.get("backend") or "local"), f"{home / CONFIG_FILE}: backend"
         )
     kube = _kube(env, file) if backend == "kubernetes" else KubeSettings()
-    return Settings(home=home, backend=backend, in_pod=env.get("HOTPOD_POD") == "1", kube=kube)
+    return Settings(
+        home=home,
+        backend=backend,
+        in_pod=env.get("HOTPOD_POD") == "1",
+        kube=kube,
+        fanout_tree=_fanout_tree(env.get("HOTPOD_FANOUT_TREE", "")),
+    )
 
 
 @lru_cache(maxsize=1)

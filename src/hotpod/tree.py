@@ -18,7 +18,6 @@ twin of a call.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hotpod import transport, wire
 from hotpod.answers import AnswerReader
 from hotpod.backends.base import PodInfo
+from hotpod.config import DEFAULT_FANOUT_TREE, settings
 from hotpod.errors import CallError, PodTerminatedError
 from hotpod.runtime.relay import FRAME_PART, HEADER, PATH, unpart
 
@@ -35,19 +35,15 @@ if TYPE_CHECKING:
 
 #: pods a caller (or a relaying pod) sends a tree broadcast to directly
 DEGREE = 4
-#: a broadcast to more pods than this goes down a tree (``HOTPOD_FANOUT_TREE`` overrides it;
-#: 0 turns the tree off): on a 2-core machine the flat fan-out was faster at 16 and 32 pods, the
-#: most it can run (docs/distributed.md#large-pools)
-DEFAULT_THRESHOLD = 64
+#: a broadcast to more pods than this goes down a tree unless ``HOTPOD_FANOUT_TREE`` says
+#: otherwise (``hotpod.config``)
+DEFAULT_THRESHOLD = DEFAULT_FANOUT_TREE
 
 
 def threshold() -> int:
-    """Pools larger than this many pods broadcast through a tree (0: never)."""
-    value = os.environ.get("HOTPOD_FANOUT_TREE", "")
-    try:
-        return int(value) if value.strip() else DEFAULT_THRESHOLD
-    except ValueError:
-        return DEFAULT_THRESHOLD
+    """Pools larger than this many pods broadcast through a tree (0: never): the setting
+    ``fanout_tree`` (``HOTPOD_FANOUT_TREE``)."""
+    return settings().fanout_tree
 
 
 def use_tree(pods: Sequence[PodInfo]) -> bool:
@@ -194,18 +190,8 @@ def call_pod(
     headers, start, deadline, what = relay_headers(
         client, pod, method, ctype, opts, request_id, relay_targets, fail_fast
     )
-    if pod.name in client._suspect:
-        client._await_pod(pod, what, start, deadline)
-    retried = False
-    while True:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        try:
-            resp = client._transport.request(pod.url, PATH, body, headers, remaining)
-            break
-        except (transport.Broken, transport.Unreachable, transport.TimedOut) as exc:
-            time.sleep(client.retry_delay(exc, retried, what, pod, opts, start, deadline))
-            retried = retried or isinstance(exc, transport.Broken)
-    try:
+    resp = client.send(pod, PATH, body, headers, what, opts, start, deadline)
+    with client.reading(resp, pod, what, opts):
         if resp.status != 200:
             raise client._status_error(pod, method, resp.status, resp.read())
         reader = RelayReader(names, opts.stream_logs, client.log_out)
@@ -216,15 +202,6 @@ def call_pod(
                 if left <= 0:
                     raise transport.TimedOut("deadline passed")
                 resp.set_timeout(left)
-    except transport.TimedOut:
-        resp.abandon()
-        raise client._timeout(what, opts) from None
-    except transport.Broken as exc:
-        resp.abandon()
-        raise client._broken(what, pod, exc) from None
-    except BaseException:
-        resp.abandon()
-        raise
     return reader.outcomes()
 
 

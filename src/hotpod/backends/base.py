@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hotpod._files import tail
-from hotpod.errors import DeployError, HotpodError
+from hotpod.errors import DeployError, HotpodError, ServiceNotFoundError
 from hotpod.loglines import LogFilter, LogLine
 from hotpod.store import Store
 
@@ -216,3 +216,15 @@ class Backend(abc.ABC):
     def shell(self, name: str, pod: str | None = None) -> PodShell:
         """Where and with which environment a shell in the pod runs (``hotpod shell``)."""
         raise HotpodError(f"the {self.name} backend cannot open a shell in a pod")
+
+
+def pick_pods(service: str, pod: str | None, pods: Sequence[str]) -> builtins.list[str]:
+    """``pods`` when ``pod`` is None, else ``[pod]``; ServiceNotFoundError naming the pods
+    there are when ``pod`` is not one of them."""
+    if pod is None:
+        return list(pods)
+    if pod not in pods:
+        raise ServiceNotFoundError(
+            f"service {service!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
+        )
+    return [pod]

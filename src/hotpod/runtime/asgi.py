@@ -4,7 +4,7 @@ a 4xx/5xx with a message), and helpers to read headers and bodies and send respo
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from hotpod import wire
@@ -73,7 +73,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                 )
         except ValueError:
             raise HTTPError(400, "Content-Length is not a number") from None
-    chunks: list[bytes] = []
+    return b"".join([chunk async for chunk in _body_chunks(receive, limit, "request body")])
+
+
+async def _body_chunks(receive: Receive, limit: int, what: str) -> AsyncIterator[bytes]:
+    """Yield a request's body chunks; 413 past ``limit`` bytes, 499 when the client goes."""
     size = 0
     while True:
         message = await receive()
@@ -82,7 +86,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"request body exceeds the pod's limit of {limit} bytes")
-        chunks.append(chunk)
+            raise HTTPError(413, f"{what} exceeds the pod's limit of {limit} bytes")
+        yield chunk
         if not message.get("more_body"):
-            return b"".join(chunks)
+            return

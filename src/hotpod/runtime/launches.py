@@ -123,6 +123,9 @@ class LaunchMixin:
             return True
         restart, st.request_restart = st.request_restart, None  # resuming never asks again
         try:
+            # what the client (or the controller) waits to hear of a launch that failed: also
+            # one the supervisor reported for a predecessor that died loading it
+            failure = _read_json(st.launch_error_file)
             handed = _read_json(st.next_launch_file)
             failed: tuple[str, str] | None = None
             if handed is not None:
@@ -130,16 +133,17 @@ class LaunchMixin:
                 st.next_launch_file.unlink(missing_ok=True)
                 if failed is None:
                     return True
-                failure = _read_json(st.launch_error_file)  # what the client waits to hear
+                failure = _read_json(st.launch_error_file)
             spec = _read_json(st.launch_file)
             if spec is None and handed is None:  # a new pod: the service's last launch, if any
                 spec = await storeapi.cluster_launch(st)
             ok = spec is None or await self._try_launch(spec) is None
-            if failed is not None:
-                if failure is not None:  # the fallback's outcome must not hide it
-                    self._write_error(failure)
-                return False
-            return ok
+            other = failure is not None and failure.get("launch_id") != (spec or {}).get(
+                "launch_id"
+            )
+            if failure is not None and (failed is not None or (ok and other)):
+                self._write_error(failure)  # the fallback's outcome must not hide it
+            return ok and failed is None
         finally:
             st.request_restart = restart
 

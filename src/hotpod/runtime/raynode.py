@@ -7,8 +7,11 @@ nodes joined to it, each started with ``ray start`` by the pod's worker while it
 - ``--num-cpus`` from the Compute's ``cpus``, rounded up (``HOTPOD_RAY_NUM_CPUS``);
 - the dashboard off (``--include-dashboard=false``), usage stats off, ``RAY_AUTH_MODE=disabled``;
 - the node's temp dir under the pod root (``.hotpod/ray``), reached through a short symlink in
-  the system temp dir: Ray's Unix sockets live there and their paths may not pass 107 bytes
-  (a link whose pod is gone is removed by the next node that starts).
+  the system temp dir: Ray's Unix sockets live there and their paths may not pass 107 bytes.
+  The link goes when the node stops (:func:`stop`, or :func:`forget` once the controller
+  killed the pod); links left dangling all the same (a controller killed with its pods, a
+  pod root deleted) are removed by the next node that starts: only this user's links to a
+  pod's ``.hotpod/ray``, and only those whose target is gone.
 
 The Ray processes outlive the worker that started them (a worker restart keeps the cluster)
 and stay in the pod's process group, so they stop with the pod: the local controller kills a
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -169,11 +173,29 @@ def _start(
 
 
 def _sweep_links() -> None:
-    """Remove the links of pods that are gone (a killed pod cannot remove its own)."""
+    """Remove the dangling links of pods that are gone (a killed pod cannot remove its own):
+    only links this user made to a pod's node dir, whose target no longer exists."""
+    uid = os.getuid()
     for link in Path(tempfile.gettempdir()).glob("hotpod-ray-*"):
         with contextlib.suppress(OSError):
-            if link.is_symlink() and not link.exists():
+            if (
+                link.is_symlink()
+                and link.lstat().st_uid == uid
+                and Path(os.readlink(link)).parts[-2:] == (".hotpod", "ray")
+                and not link.exists()
+            ):
                 link.unlink()
+
+
+def forget(root: Path) -> None:
+    """After the pod's processes were killed (its node with them): remove its link and the
+    record of its node."""
+    link = temp_link(root)
+    with contextlib.suppress(OSError):
+        if link.is_symlink():
+            link.unlink()
+    with contextlib.suppress(OSError):
+        (node_dir(root) / "node.json").unlink(missing_ok=True)
 
 
 def stop(root: Path, grace: float = 3.0) -> int:
@@ -193,10 +215,7 @@ def stop(root: Path, grace: float = 3.0) -> int:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(alive, timeout=grace)
-    (node_dir(root) / "node.json").unlink(missing_ok=True)
-    link = temp_link(root)
-    if link.is_symlink():
-        link.unlink()
+    forget(root)
     return len(pids)
 
 
@@ -205,4 +224,13 @@ def running(root: Path) -> bool:
     return (node_dir(root) / "node.json").exists()
 
 
-__all__ = ["RayNodeError", "ensure", "node_dir", "processes", "running", "stop", "temp_link"]
+__all__ = [
+    "RayNodeError",
+    "ensure",
+    "forget",
+    "node_dir",
+    "processes",
+    "running",
+    "stop",
+    "temp_link",
+]

@@ -40,6 +40,7 @@ from hotpod.runtime.asgi import (
     Receive,
     Scope,
     Send,
+    _body_chunks,
     _header,
     _read_body,
     _send_bytes,
@@ -134,18 +135,10 @@ async def _receive_blob(state: PodState, digest: str, scope: Scope, receive: Rec
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HTTPError(499, "client disconnected")
-                chunk = message.get("body", b"")
+            async for chunk in _body_chunks(receive, limit, "blob"):
                 size += len(chunk)
-                if size > limit:
-                    raise HTTPError(413, f"blob exceeds the pod's limit of {limit} bytes")
                 h.update(chunk)
                 out.write(chunk)
-                if not message.get("more_body"):
-                    break
         if h.hexdigest() != digest:
             raise HTTPError(400, f"the body ({size} bytes) hashes to {h.hexdigest()}, not {digest}")
         os.chmod(tmp, 0o444)

@@ -84,7 +84,9 @@ class Worker:
 
 
 def _handover_failed(code: int | None) -> None:
-    """A successor died before it said how its launch went: say it for it (the client waits)."""
+    """A worker died before it said how a launch handed to it went (``launch.next.json``: a
+    successor's, or a new pod's pending launch): say it failed, for it (the client, or the
+    controller, waits to hear), so that the next worker resumes the last good launch."""
     root = os.environ.get("HOTPOD_POD_ROOT")
     if not root:
         return
@@ -206,6 +208,8 @@ class Supervisor:
                 return
             if self.stopping:
                 return
+            if not cur.ready:  # it died loading: a launch handed to it failed (not tried again)
+                _handover_failed(code)
             if self.siblings:  # they start again with the new local rank 0
                 self._restart_siblings()
             ran = now - cur.started

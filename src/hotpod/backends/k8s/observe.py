@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hotpod import loglines
-from hotpod.backends.base import PodInfo, ServiceInfo
+from hotpod.backends.base import PodInfo, ServiceInfo, pick_pods
 from hotpod.backends.k8s import pods as podstate
 from hotpod.backends.k8s.kube import collection
 from hotpod.errors import DeployError, HotpodError, ServiceNotFoundError
@@ -70,13 +70,7 @@ class ObserveMixin:
     ) -> Iterator[loglines.LogLine]:
         ns = self.namespace(name)
         names = sorted((p for p in self._pods(name, ns)), key=podstate.rank_key)
-        pods = [p["metadata"]["name"] for p in names]
-        if pod is not None:
-            if pod not in pods:
-                raise ServiceNotFoundError(
-                    f"service {name!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
-                )
-            pods = [pod]
+        pods = pick_pods(name, pod, [p["metadata"]["name"] for p in names])
         if not pods:
             raise ServiceNotFoundError(
                 f"no pods of service {name!r} in namespace {ns!r}: their logs went with them"

@@ -19,7 +19,7 @@ import httpx
 
 from hotpod import loglines
 from hotpod._files import tail
-from hotpod.backends.base import Backend, Plan, PodShell, PodStats, ServiceInfo
+from hotpod.backends.base import Backend, Plan, PodShell, PodStats, ServiceInfo, pick_pods
 from hotpod.config import Settings
 from hotpod.errors import (
     DeployError,
@@ -271,18 +271,12 @@ class LocalBackend(Backend):
     def _log_files(self, name: str, pod: str | None) -> builtins.list[Path]:
         logdir = self._log_dir(name)
         files = sorted(logdir.glob("*.log"), key=_pod_order) if logdir.is_dir() else []
-        if pod is not None:
-            files = [f for f in files if f.stem == pod]
-            if not files:
-                raise ServiceNotFoundError(
-                    f"no logs for pod {pod!r} of service {name!r}; pods are named "
-                    f"{name}-0, {name}-1, ..."
-                )
         if not files:
             raise ServiceNotFoundError(
                 f"no logs for service {name!r}; 'hotpod logs' lists the services with logs"
             )
-        return files
+        by_pod = {f.stem: f for f in files}
+        return [by_pod[p] for p in pick_pods(name, pod, list(by_pod))]
 
     def logs(
         self,
@@ -366,11 +360,7 @@ class LocalBackend(Backend):
 
         info = self.get(name)
         pods = {p.name: p for p in info.pods}
-        if pod is not None and pod not in pods:
-            raise ServiceNotFoundError(
-                f"service {name!r} has no pod {pod!r}; its pods: {', '.join(pods) or 'none'}"
-            )
-        target = pods[pod] if pod is not None else next(iter(pods.values()), None)
+        target = next((pods[p] for p in pick_pods(name, pod, list(pods))), None)
         if target is None or target.pid is None or target.status != "running":
             if target is None:
                 raise HotpodError(f"service {name!r} has no pods; 'hotpod check {name}' says why")

@@ -41,6 +41,7 @@ from hotpod.backends.local.registry import Registry
 from hotpod.backends.local.scaling import Autoscalers
 from hotpod.config import Settings, reload_settings
 from hotpod.distribute import RAY_WORKER_PORTS, worker_env
+from hotpod.runtime import raynode
 
 MONITOR_INTERVAL = 0.2
 #: a controller with no services exits after this many seconds (HOTPOD_CONTROLLER_IDLE)
@@ -313,6 +314,7 @@ class Controller:
         while pod.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._signal_group(pod, signal.SIGKILL)
+        raynode.forget(self.pod_root(pod.service, pod.name))  # (its Ray node went with it)
         if pod.popen is not None:
             try:
                 pod.popen.wait(timeout=2)
@@ -357,6 +359,7 @@ class Controller:
             pod.last_exit = pod.exit_code()
             self.scalers.stopping(pod)
             self._signal_group(pod, signal.SIGKILL)  # what the pod left behind goes too
+            raynode.forget(self.pod_root(pod.service, pod.name))
             ran = now - (pod.started_at or now)
             pod.consecutive = 1 if ran > STABLE_AFTER else pod.consecutive + 1
             delay = min(0.2 * 2 ** (pod.consecutive - 1), MAX_BACKOFF)
