@@ -149,7 +149,7 @@ def test_a_connection_thread_hands_back_what_it_does_not_take(hotpod_home):
     assert conn.call("/call", 1, 2) == 3  # read by the event loop, run on a connection thread
     assert conn.call("/call", 2, 3) == 5  # read and run by that thread
     status, data = conn.request("POST", "/call", b'{"args": [3, 4]}', X_Hotpod_Stream_Logs="1")
-    assert status == 200 and _frames_result(data) == 7  # handed back: the ordinary path
+    assert status == 200 and _frames_result(data) == 7  # log-streaming: that thread too
     assert conn.call("/call", 4, 5) == 9  # a connection thread again
     status, data = conn.request("GET", "/health")
     assert status == 200 and json.loads(data)["ready"]

@@ -1,7 +1,7 @@
 """The common call, answered without the ASGI layers: uvicorn's HTTP protocol with a fast path.
 
 A call to a plain sync function or method (not a generator, not ``async def``), with a small
-body, no log streaming and no debugger options, is most of a pod's traffic, and on a trivial call
+body and no debugger options, is most of a pod's traffic, and on a trivial call
 the pod's CPU went mostly to layers around it: uvicorn's request cycle and task, the ASGI
 messages, the call path's tasks and queues, and the hand-offs between the event loop and the
 call thread (each costs more CPU than a trivial call itself).
@@ -11,9 +11,11 @@ parses the first call (httptools, as uvicorn does), checks it, stops reading the
 hands it over. That thread runs the call, writes its answer (head and body, one ``sendall``) on
 its own duplicate of the connection's descriptor, set blocking, and then reads the connection's
 next requests itself (httptools again, for the head) and runs those that qualify inline: no
-event loop, no hand-off per call (:mod:`hotpod.runtime.fastconn`). A request that does not
+event loop, no hand-off per call (:mod:`hotpod.runtime.fastconn`). A call that streams its logs
+is answered there too, its lines written on the connection as they are printed, in the bytes
+the ordinary path sends. A request that does not
 qualify, a connection idle for ``fastconn.IDLE_HANDBACK`` seconds, and a function that returned
-a generator (streamed from the event loop) give the connection back to the event loop, with the
+a generator (streamed from the event loop, unless the call streams its logs) give the connection back to the event loop, with the
 bytes read so far, and it reads the connection again. The connection's close and the server's
 graceful shutdown (a successor worker, SIGTERM) end the thread: a call in progress finishes and
 is answered, then the connection closes.
@@ -22,7 +24,8 @@ Every request this path does not accept as it is (a bad token, a bad body, a pod
 yet...) is replayed through uvicorn's ordinary cycle into ``PodApp``, which answers it as before
 (4xx with a message and so on). When every call thread is busy, a call takes the ordinary path
 (which waits for one). Two requests pipelined in one read: the first runs on a call thread that
-writes its answer and returns (no hand-over); the second waits for it in uvicorn's queue.
+writes its answer and returns (no hand-over); the second waits for it in uvicorn's queue (a
+first call that streams its logs is answered by the ordinary cycle then, as it is read).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class PodProtocol(HttpToolsProtocol):
         self._fast_lock = threading.Lock()
         self._fast: list[bytes] | None = None  # the body of the fast call being read
         self._pending: Call | None = None  # a fast call read in this data_received
+        self._pending_body = b""  # (its body)
         self._owner: Conn | None = None  # the connection thread that has the connection
         self._fd = -1
 
@@ -81,7 +85,11 @@ class PodProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._pending is not None:  # pipelined behind a fast call: that call runs alone
             call, self._pending = self._pending, None
-            self._run_once(call)
+            if call.stream:  # (its lines must stream: the ordinary cycle answers it)
+                self._ordinary(call, self._pending_body)
+            else:
+                self._run_once(call)
+            self._pending_body = b""
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -119,6 +127,7 @@ class PodProtocol(HttpToolsProtocol):
             return
         call.scope = self.scope  # type: ignore[assignment]
         self._pending = call  # handed over once this read is parsed (see data_received)
+        self._pending_body = body if call.stream else b""
         self.cycle = _FastCycle()  # type: ignore[assignment]  # (queues what is pipelined)
 
     def _replay(self, body: bytes) -> None:
@@ -129,9 +138,40 @@ class PodProtocol(HttpToolsProtocol):
             super().on_body(body)
         super().on_message_complete()
 
+    def _ordinary(self, call: Call, body: bytes) -> None:
+        """Answer a fast call read on the event loop through uvicorn's ordinary cycle (and so
+        ``PodApp``), as if it had never been taken: its scope and body as they were read."""
+        scope = call.scope
+        assert scope is not None
+        path = f"/call/{call.method}" if call.method else "/call"  # (no query, no escapes)
+        scope["method"] = "POST"
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = (self.root_path + path).encode("ascii")
+        scope["query_string"] = b""
+        with self._fast_lock:
+            real = RequestResponseCycle(
+                scope=scope,  # type: ignore[arg-type]
+                transport=self.transport,
+                flow=self.flow,
+                logger=self.logger,
+                access_logger=self.access_logger,
+                access_log=self.access_log,
+                default_headers=self.server_state.default_headers,
+                message_event=asyncio.Event(),
+                expect_100_continue=False,
+                keep_alive=True,  # (a fast call is keep-alive)
+                on_response=self.on_response_complete,
+            )
+            real.body = bytearray(body)
+            real.more_body = False
+            real.message_event.set()
+            self.cycle = real
+        self._start_asgi_task(real, self.app)
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         call, self._pending = self._pending, None
+        self._pending_body = b""
         if call is not None:
             self._hand_over(call)
 

@@ -4,12 +4,19 @@
 event loop and on a connection thread); ``execute`` runs one on the current thread; ``Conn`` is
 a connection handed to a call thread: it answers calls and reads the next requests with blocking
 socket calls until one does not qualify, the connection idles, closes, or the server stops.
+
+A call that streams its logs (``X-Hotpod-Stream-Logs: 1``) is answered with the bytes the
+ordinary path sends (``calls``): one body with a length when it printed nothing, else a chunked
+answer that starts at its first line, a chunk per log frame written as the line is printed (from
+whichever thread prints it, under the answer's lock), then the result or error frames and the
+last chunk. Lines printed after the call ended (by threads it started) go to the pod log only.
 """
 
 from __future__ import annotations
 
 import hmac
 import inspect
+import json
 import os
 import socket
 import struct
@@ -42,17 +49,22 @@ IDLE_HANDBACK = 2.0
 #: a request head larger than this is given back to the event loop unparsed
 MAX_HEAD = 1 << 16
 
-_ORDINARY = (b"transfer-encoding", b"x-hotpod-debug", b"x-hotpod-stream-logs", b"expect")
+_ORDINARY = (b"transfer-encoding", b"x-hotpod-debug", b"expect")
 _ACCEPT = {b"auto": "auto", b"json": "json", b"pickle": "pickle"}
 _CTYPES = (wire.CT_JSON.encode(), wire.CT_PICKLE.encode())
 _VERSION = wire.PROTOCOL_VERSION.encode()
-_HEAD = (
+# (the ordinary path's headers, in its order: the same bytes on the wire from both paths)
+_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: " + wire.CT_FRAMES.encode() + b"\r\ncontent-length: "
+_HEAD_END = b"\r\nx-hotpod-protocol: " + _VERSION + b"\r\n\r\n"
+_CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: "
     + wire.CT_FRAMES.encode()
     + b"\r\nx-hotpod-protocol: "
     + _VERSION
-    + b"\r\ncontent-length: "
+    + b"\r\ntransfer-encoding: chunked\r\n\r\n"
 )
+_STREAM_START = wire.frame(wire.FRAME_STREAM, b"")
+_STREAM_END = wire.frame(wire.FRAME_END, b"")
 #: a fast call's debugger context: no options, and nobody to announce a session to (the
 #: caller does not stream), so ``breakpoint()`` is skipped with a line in the call's output
 _QUIET = debug.CallDebug(debug.DebugOptions(), lambda _info, _line: None, "", streaming=False)
@@ -60,7 +72,7 @@ _QUIET = debug.CallDebug(debug.DebugOptions(), lambda _info, _line: None, "", st
 
 def answer_head(size: int) -> bytes:
     """The head of a fast call's answer of ``size`` bytes."""
-    return _HEAD + str(size).encode() + b"\r\n\r\n"
+    return _HEAD + str(size).encode() + _HEAD_END
 
 
 def fast_head(
@@ -68,7 +80,7 @@ def fast_head(
 ) -> int | None:
     """The body's length when a parsed request head may be a fast call: ``POST /call[/m]``,
     HTTP/1.1 keep-alive, one declared length within the pod's limit and ``MAX_FAST_BODY``, no
-    chunked body, no ``Expect``, neither log streaming nor debugger options; else None."""
+    chunked body, no ``Expect``, no debugger options; else None."""
     if (
         not (url == b"/call" or url.startswith(b"/call/"))
         or b"?" in url
@@ -85,7 +97,7 @@ def fast_head(
             if length is not None:
                 return None
             length = value
-        elif name in _ORDINARY and (name != b"x-hotpod-stream-logs" or value == b"1"):
+        elif name in _ORDINARY:
             return None
     if length is None or not length.isdigit() or int(length) > min(MAX_FAST_BODY, limit):
         return None
@@ -95,7 +107,17 @@ def fast_head(
 class Call:
     """A fast call, checked and decoded, not yet run."""
 
-    __slots__ = ("accept", "args", "kwargs", "method", "request_id", "scope", "started", "target")
+    __slots__ = (
+        "accept",
+        "args",
+        "kwargs",
+        "method",
+        "request_id",
+        "scope",
+        "started",
+        "stream",
+        "target",
+    )
 
     def __init__(
         self,
@@ -106,8 +128,10 @@ class Call:
         request_id: str,
         method: str,
         started: float,
+        stream: bool = False,
     ) -> None:
         self.target = target
+        self.stream = stream  # the caller streams its logs
         self.args = args
         self.kwargs = kwargs
         self.accept = accept
@@ -146,34 +170,138 @@ def accept(
         return None
     rid = h.get(b"x-hotpod-request-id")
     request_id = rid.decode("latin-1") if rid else os.urandom(16).hex()
-    return Call(target, args, kwargs, accept, request_id, method, time.perf_counter())
+    stream = h.get(b"x-hotpod-stream-logs") == b"1"
+    return Call(target, args, kwargs, accept, request_id, method, time.perf_counter(), stream)
 
 
-def execute(app: PodApp, call: Call) -> wire.Body | tuple[Any, str, logs.CallLog, dict[str, Any]]:
+class Answer:
+    """A log-streaming call's answer, written on the connection by the thread that runs the
+    call and by any thread that prints while it runs (one lock): chunked from the first log
+    frame on, one body with a length if none came. ``ok`` turns False if the caller went."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.ok = True
+        self.started = False  # the chunked head is sent
+        self._open = True
+        self._lock = threading.Lock()
+
+    def frame(self, data: bytes) -> None:
+        """Send a frame at once, as one chunk (a line printed after the call ended: dropped,
+        as the ordinary path drops it; it is in the pod log)."""
+        with self._lock:
+            if self._open and self.ok:
+                self._chunks([data], b"")
+
+    def end(self, out: wire.Body) -> bool:
+        """Send the call's result or error frames and end the answer; False if the caller
+        went away."""
+        with self._lock:
+            self._open = False
+            if not self.ok:
+                return False
+            if self.started:
+                self._chunks(wire.coalesce([out]), b"0\r\n\r\n")
+                return self.ok
+            try:
+                if isinstance(out, bytes):
+                    self.sock.sendall(answer_head(len(out)) + out)
+                else:
+                    for piece in wire.coalesce([answer_head(out.nbytes), out]):
+                        self.sock.sendall(piece)
+            except OSError:
+                self.ok = False
+            return self.ok
+
+    def _chunks(self, pieces: list[bytes | bytearray | memoryview], last: bytes) -> None:
+        """(lock held) ``pieces`` as chunks, as uvicorn writes them, then ``last``."""
+        out: list[bytes | bytearray | memoryview] = [] if self.started else [_CHUNKED_HEAD]
+        self.started = True
+        for piece in pieces:
+            if len(piece) > MAX_DIRECT_ANSWER:  # (large buffers as they are: no copy)
+                out += [b"%x\r\n" % len(piece), piece, b"\r\n"]
+            elif piece:
+                out.append(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        out.append(last)
+        try:
+            if len(out) <= 3:
+                self.sock.sendall(b"".join(out))
+            else:
+                for data in out:
+                    self.sock.sendall(data)
+        except OSError:  # the caller went away: the call runs on, its output in the pod log
+            self.ok = False
+
+    def announce(self, log: logs.CallLog) -> Callable[[dict[str, Any], str], None]:
+        """How a breakpoint in the call announces its debugger session (as ``calls`` does)."""
+
+        def announce(info: dict[str, Any], line: str) -> None:
+            log.write("stderr", f"hotpod: {line}\n")
+            self.frame(wire.frame(wire.FRAME_DEBUG, json.dumps(info).encode()))
+
+        return announce
+
+
+def execute(
+    app: PodApp, call: Call, answer: Answer | None = None
+) -> wire.Body | tuple[Any, str, logs.CallLog, dict[str, Any]]:
     """Run ``call`` on this thread, counted in the metrics, its output in the pod log under
     its request id: the answer's body, or (generator, accept, log, scope) when the function
-    returned a generator (to be streamed from the event loop)."""
+    returned a generator (to be streamed from the event loop). With ``answer`` (the call
+    streams its logs), log frames go to it as they come, and a generator's items too (then
+    the end or error frames are returned)."""
     st = app.state
     st.metrics.call_started()
-    log = logs.CallLog(call.request_id, st.pod_log, None, None, st.pod, st.rank)
+    sink = answer.frame if answer is not None else None
+    log = logs.CallLog(call.request_id, st.pod_log, None, None, st.pod, st.rank, sink)
     token = logs.current_call.set(log)
-    dbg = debug.current.set(_QUIET)
+    if answer is None:
+        dbg = debug.current.set(_QUIET)
+    else:
+        dbg = debug.current.set(
+            debug.CallDebug(debug.DebugOptions(), answer.announce(log), call.request_id)
+        )
     try:
-        out = app._run_sync(call.target, call.args, call.kwargs, call.accept, log)
-    except BaseException as exc:  # the runtime's own failure: the answer must still end
-        out = app._error_frames(exc)
-    finally:
-        debug.current.reset(dbg)
-        logs.current_call.reset(token)
-    if not isinstance(out, (bytes, wire.Parts)):  # it returned a generator: stream it
         try:
+            out = app._run_sync(call.target, call.args, call.kwargs, call.accept, log)
+        except BaseException as exc:  # the runtime's own failure: the answer must still end
+            out = app._error_frames(exc)
+        if isinstance(out, (bytes, wire.Parts)):
+            st.metrics.call_done_threadsafe(call.method, call.started, _error_type(out))
+            return out
+        try:  # it returned a generator: stream it
             _not_plain[getattr(call.target, "__func__", call.target)] = True
         except TypeError:  # (not weakly referenceable: checked again each call)
             pass
-        st.metrics.call_done_threadsafe(call.method, call.started, None)
-        return out, call.accept, log, call.scope or _scope(call)
-    st.metrics.call_done_threadsafe(call.method, call.started, _error_type(out))
-    return out
+        if answer is None:
+            st.metrics.call_done_threadsafe(call.method, call.started, None)
+            return out, call.accept, log, call.scope or _scope(call)
+        end = _pull(app, out, call.accept, log, answer)  # (counted at its end, as ``calls``)
+        st.metrics.call_done_threadsafe(call.method, call.started, _error_type(end))
+        return end
+    finally:
+        debug.current.reset(dbg)
+        logs.current_call.reset(token)
+
+
+def _pull(app: PodApp, gen: Any, accept: str, log: logs.CallLog, answer: Answer) -> bytes:
+    """A generator's items sent as it yields them (as ``calls`` streams them); the end frame,
+    or the error frames of what it raised. The caller gone, it is closed after the item."""
+    answer.frame(_STREAM_START)
+    try:
+        for item in gen:
+            data = wire.encode_item(item, accept)
+            if not answer.ok:
+                break
+            answer.frame(data)
+        return _STREAM_END
+    except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
+        log.flush()
+        debug.post_mortem(exc)
+        return app._error_frames(exc)
+    finally:
+        gen.close()
+        log.flush()
 
 
 class _Handback:
@@ -254,11 +382,13 @@ class Conn:
             assert sock is not None
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _IDLE)
             while True:
-                out = execute(self.app, call)
+                answer = Answer(sock) if call.stream else None
+                out = execute(self.app, call, answer)
                 if not isinstance(out, (bytes, wire.Parts)):
                     data, stream, close = self._buf, out, False
                     break
-                if not self._send(sock, out) or self.closing:
+                sent = answer.end(out) if answer is not None else self._send(sock, out)
+                if not sent or self.closing:
                     break
                 nxt = self._next(sock)
                 if nxt is None:

@@ -4,7 +4,7 @@
 call's :class:`CallLog` is in a context variable (copied into the thread that runs sync code), so
 each line the call prints is written to the pod log stamped and tagged with the request id, rank
 and pod (the format of :mod:`hotpod.loglines`) and, when the caller asked for it, sent to the
-caller as a log frame. Output outside a call goes to the pod log stamped and tagged with the pod.
+caller as a log frame (through the event loop's queue, or a connection thread's ``sink``). Output outside a call goes to the pod log stamped and tagged with the pod.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import io
 import sys
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TextIO
 
@@ -32,8 +33,10 @@ class CallLog:
         queue: asyncio.Queue[object] | None = None,
         pod: str | None = None,
         rank: int | None = None,
+        sink: Callable[[bytes], None] | None = None,
     ) -> None:
         self.request_id = request_id
+        self._sink = sink  # takes the log frames itself (a connection thread's call)
         self._tag = loglines.tag(pod, rank, request_id)
         self._pod_log = pod_log
         self._loop = loop
@@ -65,6 +68,9 @@ class CallLog:
             self._pod_log.flush()
         except (OSError, ValueError):
             pass
+        if self._sink is not None:
+            self._sink(wire.frame(wire.FRAME_LOG, line.encode("utf-8", "replace")))
+            return
         if self._queue is None or self._loop is None:
             return
         data = wire.frame(wire.FRAME_LOG, line.encode("utf-8", "replace"))
