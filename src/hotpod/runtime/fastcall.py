@@ -138,6 +138,22 @@ class PodProtocol(HttpToolsProtocol):
             super().on_body(body)
         super().on_message_complete()
 
+    def _cycle(self, scope: Any, keep_alive: bool) -> RequestResponseCycle:
+        """A request-response cycle of uvicorn's, made as its protocol makes one per request."""
+        return RequestResponseCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+
     def _ordinary(self, call: Call, body: bytes) -> None:
         """Answer a fast call read on the event loop through uvicorn's ordinary cycle (and so
         ``PodApp``), as if it had never been taken: its scope and body as they were read."""
@@ -149,19 +165,7 @@ class PodProtocol(HttpToolsProtocol):
         scope["raw_path"] = (self.root_path + path).encode("ascii")
         scope["query_string"] = b""
         with self._fast_lock:
-            real = RequestResponseCycle(
-                scope=scope,  # type: ignore[arg-type]
-                transport=self.transport,
-                flow=self.flow,
-                logger=self.logger,
-                access_logger=self.access_logger,
-                access_log=self.access_log,
-                default_headers=self.server_state.default_headers,
-                message_event=asyncio.Event(),
-                expect_100_continue=False,
-                keep_alive=True,  # (a fast call is keep-alive)
-                on_response=self.on_response_complete,
-            )
+            real = self._cycle(scope, keep_alive=True)  # (a fast call is keep-alive)
             real.body = bytearray(body)
             real.more_body = False
             real.message_event.set()
@@ -301,19 +305,7 @@ class PodProtocol(HttpToolsProtocol):
                 pass
 
         with self._fast_lock:
-            real = RequestResponseCycle(
-                scope=scope,  # type: ignore[arg-type]
-                transport=self.transport,
-                flow=self.flow,
-                logger=self.logger,
-                access_logger=self.access_logger,
-                access_log=self.access_log,
-                default_headers=self.server_state.default_headers,
-                message_event=asyncio.Event(),
-                expect_100_continue=False,
-                keep_alive=cycle.keep_alive,
-                on_response=self.on_response_complete,
-            )
+            real = self._cycle(scope, keep_alive=cycle.keep_alive)
             real.more_body = False
             cycle.response_complete = True
             if self.cycle is cycle:
