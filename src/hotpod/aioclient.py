@@ -54,24 +54,21 @@ async def broadcast(
     relayed = procs > 1 or down_a_tree
     calls = tree.plan(pods, procs, down_a_tree) if relayed else []
     if relayed:
-        names = [p.name for p in tree.leaves(pods, procs)]
-        works, i = [], 0
-        for pod, targets, n in calls:
-            works.append(
-                _call_pod(
-                    client,
-                    pod,
-                    targets,
-                    names[i : i + n],
-                    method,
-                    body,
-                    ctype,
-                    opts,
-                    request_id,
-                    watch is not None,
-                )
+        works = [
+            _call_pod(
+                client,
+                pod,
+                targets,
+                names,
+                method,
+                body,
+                ctype,
+                opts,
+                request_id,
+                watch is not None,
             )
-            i += n
+            for pod, targets, names in tree.named(calls, pods, procs)
+        ]
     else:
         works = [_call(client, p, method, body, ctype, opts, request_id) for p in pods]
     tasks = [asyncio.ensure_future(w) for w in works]

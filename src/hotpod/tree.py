@@ -233,6 +233,18 @@ def gather(
     return client.gathered(flat, results, errors)
 
 
+def named(
+    calls: Sequence[tuple[PodInfo, list[Any], int]], pods: Sequence[PodInfo], procs: int
+) -> list[tuple[PodInfo, list[Any], list[str]]]:
+    """The calls of a :func:`plan`, each with the names of the leaves it answers for."""
+    names = [p.name for p in leaves(pods, procs)]
+    out, i = [], 0
+    for pod, targets, n in calls:
+        out.append((pod, targets, names[i : i + n]))
+        i += n
+    return out
+
+
 def broadcast(
     client: PodClient,
     pods: Sequence[PodInfo],
@@ -247,25 +259,22 @@ def broadcast(
     """A broadcast through relays: each pod's processes (``procs`` > 1), down a tree past the
     threshold (not for a watched pool); results in rank order, one per process."""
     calls = plan(pods, procs, watch is None and use_tree(pods))
-    flat = [p.name for p in leaves(pods, procs)]
-    futures, i = [], 0
-    for pod, relay_targets, n in calls:
-        futures.append(
-            client.executor(len(calls)).submit(
-                call_pod,
-                client,
-                pod,
-                relay_targets,
-                flat[i : i + n],
-                method,
-                body,
-                ctype,
-                opts,
-                request_id,
-                watch is not None,
-            )
+    futures = [
+        client.executor(len(calls)).submit(
+            call_pod,
+            client,
+            pod,
+            relay_targets,
+            names,
+            method,
+            body,
+            ctype,
+            opts,
+            request_id,
+            watch is not None,
         )
-        i += n
+        for pod, relay_targets, names in named(calls, pods, procs)
+    ]
     if watch is not None:
         watch(futures)
     outcomes: list[list[tuple[bool, Any]] | BaseException] = []
@@ -286,6 +295,7 @@ __all__ = [
     "call_pod",
     "gather",
     "leaves",
+    "named",
     "plan",
     "targets",
     "threshold",
