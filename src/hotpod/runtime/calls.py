@@ -300,10 +300,17 @@ class CallsMixin:
                     log.flush()
                     await _aclose(items)
             stop = threading.Event()
+            loop = asyncio.get_running_loop()
+
+            def emit(data: bytes) -> bool:  # (on the call thread)
+                if stop.is_set():
+                    return False
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+                return True
+
             try:
-                loop = asyncio.get_running_loop()
                 return await self.state.pool().run(  # type: ignore[no-any-return]
-                    self._pull, items, accept, log, loop, queue, stop
+                    self._pull, items, accept, log, emit
                 )
             except asyncio.CancelledError:
                 stop.set()
@@ -316,17 +323,15 @@ class CallsMixin:
         gen: types.GeneratorType[Any, Any, Any],
         accept: str,
         log: logs.CallLog,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[object],
-        stop: threading.Event,
+        emit: Callable[[bytes], bool],
     ) -> bytes:
-        """Pull a sync generator's items on a call thread, until it ends or ``stop`` is set."""
+        """Pull a sync generator's items on a call thread, each encoded and given to ``emit``,
+        until it ends or ``emit`` answers False (the caller went away); the end frame, or the
+        error frames of what it raised."""
         try:
             for item in gen:
-                data = wire.encode_item(item, accept)
-                if stop.is_set():
+                if not emit(wire.encode_item(item, accept)):
                     break
-                loop.call_soon_threadsafe(queue.put_nowait, data)
             return _STREAM_END
         except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
             log.flush()

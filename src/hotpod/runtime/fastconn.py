@@ -30,7 +30,7 @@ import httptools
 
 from hotpod import wire
 from hotpod.errors import ProtocolError
-from hotpod.runtime import debug, logs
+from hotpod.runtime import calls, debug, logs
 
 if TYPE_CHECKING:
     import asyncio
@@ -63,8 +63,6 @@ _CHUNKED_HEAD = (
     + _VERSION
     + b"\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-_STREAM_START = wire.frame(wire.FRAME_STREAM, b"")
-_STREAM_END = wire.frame(wire.FRAME_END, b"")
 #: a fast call's debugger context: no options, and nobody to announce a session to (the
 #: caller does not stream), so ``breakpoint()`` is skipped with a line in the call's output
 _QUIET = debug.CallDebug(debug.DebugOptions(), lambda _info, _line: None, "", streaming=False)
@@ -287,21 +285,15 @@ def execute(
 def _pull(app: PodApp, gen: Any, accept: str, log: logs.CallLog, answer: Answer) -> bytes:
     """A generator's items sent as it yields them (as ``calls`` streams them); the end frame,
     or the error frames of what it raised. The caller gone, it is closed after the item."""
-    answer.frame(_STREAM_START)
-    try:
-        for item in gen:
-            data = wire.encode_item(item, accept)
-            if not answer.ok:
-                break
-            answer.frame(data)
-        return _STREAM_END
-    except BaseException as exc:  # the user's SystemExit too: it must not stop the pod
-        log.flush()
-        debug.post_mortem(exc)
-        return app._error_frames(exc)
-    finally:
-        gen.close()
-        log.flush()
+    answer.frame(calls._STREAM_START)
+
+    def emit(data: bytes) -> bool:
+        if not answer.ok:
+            return False
+        answer.frame(data)
+        return True
+
+    return app._pull(gen, accept, log, emit)
 
 
 class _Handback:
