@@ -231,7 +231,7 @@ async def _items(
 ) -> AsyncGenerator[Any, None]:
     """Yield a stream's items as they arrive; closing it early closes the connection."""
     client, what = reader.client, reader.what
-    try:
+    with client.reading(resp, reader.pod, what, reader.opts):
         while True:
             if resp.deadline is not None and time.monotonic() >= resp.deadline:
                 raise transport.TimedOut("deadline passed")
@@ -251,10 +251,3 @@ async def _items(
             except StopAsyncIteration:
                 raise transport.Broken("the stream ended without its end frame") from None
             reader.feed(chunk)
-    except transport.TimedOut:
-        raise client._timeout(what, reader.opts) from None
-    except transport.Broken as exc:
-        raise client._broken(what, reader.pod, exc) from None
-    finally:
-        if not resp.complete:
-            resp.abandon()

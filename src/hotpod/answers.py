@@ -167,7 +167,7 @@ def stream_items(
 ) -> Generator[Any, None, None]:
     """Yield a stream's items as they arrive; closing it early closes the connection."""
     client, what = reader.client, reader.what
-    try:
+    with client.reading(resp, reader.pod, what, reader.opts):
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise transport.TimedOut("deadline passed")
@@ -189,13 +189,6 @@ def stream_items(
             if chunk is None:
                 raise transport.Broken("the stream ended without its end frame")
             reader.feed(chunk)
-    except transport.TimedOut:
-        raise client._timeout(what, reader.opts) from None
-    except transport.Broken as exc:
-        raise client._broken(what, reader.pod, exc) from None
-    finally:
-        if not resp.complete:
-            resp.abandon()
 
 
 class Stream(Iterator[Any]):

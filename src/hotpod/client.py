@@ -592,7 +592,8 @@ class _Reading:
     ) -> None:
         if exc is None:
             return
-        self.resp.abandon()  # cancelled too: closing the connection tells the pod
+        if not self.resp.complete:  # cancelled too: closing the connection tells the pod
+            self.resp.abandon()  # (an answer read to its end leaves its connection reusable)
         if isinstance(exc, transport.TimedOut):
             raise self.client._timeout(self.what, self.opts) from None
         if isinstance(exc, transport.Broken):
