@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,3 +124,28 @@ def test_pods_on_different_launches(monkeypatch: pytest.MonkeyPatch) -> None:
     c = run(monkeypatch, FakeBackend([pod(0), pod(1)]), answers)
     assert not c.healthy
     assert c.problems == ["the pods serve different launches (l1, l2)"]
+
+
+def test_wait_ready_returns_the_pods_as_the_backend_sees_them_once_they_answer() -> None:
+    """A Kubernetes pod answers through the API server's proxy before apply() has read its IP
+    back: the peers of a distributed pool come from what wait_ready returns, so it must be the
+    backend's view after the pods answered, addresses included (the Ray head's address was the
+    API server's when every pod answered within the first second)."""
+    from hotpod import deploy
+    from hotpod.compute import Compute
+
+    proxied = [pod(0), pod(1)]  # (url through a proxy; no address known yet)
+    backend = FakeBackend(
+        [dataclasses.replace(p, address=f"10.0.0.{p.rank + 2}:32300") for p in proxied]
+    )
+    applied = dataclasses.replace(backend.info, pods=tuple(proxied), rollout="created")
+
+    class Answering:
+        def health(self, p: PodInfo) -> dict[str, Any]:
+            return {"ok": True}
+
+    service = deploy.wait_ready(backend, Answering(), applied, timeout=5)  # type: ignore[arg-type]
+    assert [p.address for p in service.pods] == ["10.0.0.2:32300", "10.0.0.3:32300"]
+    compute = Compute(cpus="0.1").distribute("ray", workers=2)
+    peers = deploy.distribution_spec(compute, service)["peers"]
+    assert peers == ["10.0.0.2:32300", "10.0.0.3:32300"]

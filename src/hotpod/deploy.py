@@ -218,11 +218,20 @@ def wait_ready(
     started = time.monotonic()
     next_check = started + 1.0
     next_report = started + 2.0
+    fresh = False  # whether `service` is the backend's view since the pods answered
     while True:
         up.update(p.name for p in pending if client.health(p) is not None)
         pending = [p for p in pending if p.name not in up]
         if not pending and len(service.pods) >= service.replicas:
-            break
+            if fresh:
+                break
+            # what apply() returned may predate the pods' addresses (a pod answers through the
+            # API server's proxy before its IP is read back): the peers come from this view
+            service = backend.get(service.name)
+            pending = [p for p in service.pods if p.name not in up]
+            fresh = True
+            continue
+        fresh = False
         now = time.monotonic()
         if now > next_check:  # pods appear, go, restart: ask the backend how they are
             service = backend.get(service.name)
