@@ -25,6 +25,7 @@ import pytest
 
 from hotpod import transport, wire
 from hotpod.backends.base import Plan, PodInfo, ServiceInfo
+from hotpod.backends.k8s import apply
 from hotpod.backends.k8s import pods as podstate
 from hotpod.backends.k8s.backend import TEMPLATE_LABEL, KubernetesBackend
 from hotpod.backends.k8s.kube import Credentials
@@ -547,7 +548,9 @@ class FakeKube:
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
+        if value is None:  # (RFC 7386: null deletes)
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(target[key], value)
         else:
             target[key] = value
@@ -644,6 +647,45 @@ def test_teardown_deletes_what_hotpod_made_and_keeps_claims(
     backend.apply(_plan(Compute(replicas=1, volumes=[Volume("data", "/data", size="1Gi")])))
     backend.teardown("svc", volumes=True)
     assert fake.objects == {}
+
+
+def test_merge_patch_deletes_what_was_applied_and_is_no_longer_set() -> None:
+    old = {"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": 1, "list": [1, 2]}}
+    new = {"metadata": {"labels": {"b": "3"}}, "spec": {"list": [3]}, "extra": {"y": 1}}
+    assert apply.merge_patch(old, new) == {
+        "metadata": {"labels": {"a": None, "b": "3"}},
+        "spec": {"x": None, "list": [3]},  # (lists are replaced whole)
+        "extra": {"y": 1},
+    }
+    assert apply.merge_patch({}, new) == new  # nothing applied before: plain merge patch
+    obj = {"kind": "Service", "metadata": {"name": "s", "annotations": {"keep": "me"}}}
+    marked = apply.annotated(obj)
+    assert marked["metadata"]["annotations"]["keep"] == "me"
+    assert apply.last_applied(marked) == obj  # what was applied, without itself
+    assert apply.last_applied(apply.annotated(marked)) == obj
+    assert apply.last_applied({"metadata": {"annotations": {apply.LAST_APPLIED: "{bad"}}}) == {}
+    made = [["v1", "Service", "s", "ns"], ["v1", "PersistentVolumeClaim", "c", "ns"]]
+    assert apply.dropped(made, [["v1", "Service", "t", "ns"]]) == [["v1", "Service", "s", "ns"]]
+
+
+def test_a_redeploy_removes_fields_and_objects_the_compute_no_longer_makes(
+    k8s: tuple[KubernetesBackend, FakeKube],
+) -> None:
+    from hotpod.volume import Volume
+
+    backend, fake = k8s
+    claim = Volume("data", "/data", size="1Gi")
+    compute = Compute(replicas=2, labels={"team": "a"}, volumes=[claim])
+    backend.apply(_plan(compute.distribute("spmd")))
+    path = "/apis/apps/v1/namespaces/default/deployments/svc"
+    assert fake.objects[path]["metadata"]["labels"]["team"] == "a"
+    assert "/api/v1/namespaces/default/services/svc-headless" in fake.objects
+    fake.objects[path]["metadata"]["labels"]["theirs"] = "kept"  # (not hotpod's to remove)
+    backend.apply(_plan(Compute(replicas=2)))
+    labels = fake.objects[path]["metadata"]["labels"]
+    assert "team" not in labels and labels["theirs"] == "kept"
+    assert "/api/v1/namespaces/default/services/svc-headless" not in fake.objects
+    assert "/api/v1/namespaces/default/persistentvolumeclaims/data" in fake.objects  # (data)
 
 
 def _service(*pods: PodInfo) -> ServiceInfo:

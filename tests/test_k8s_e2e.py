@@ -405,6 +405,34 @@ def test_a_ray_pool_is_a_raycluster_whose_head_takes_the_calls(
     assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 1
 
 
+def test_a_redeploy_drops_what_the_compute_no_longer_sets(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    _, module = project
+    before = kt.Compute(labels={"team": "a"}, annotations={"owner": "x"}, **SMALL)
+    kt.fn(module.hello, name="shrink").to(before.distribute("spmd", workers=2))
+    deployment = k8s.get("deployments", "shrink", group="apps")
+    assert deployment["metadata"]["labels"]["team"] == "a"
+    assert k8s.get("services", "shrink-headless") is not None
+    kube = _kube()  # a label somebody else put on the Deployment: not hotpod's to remove
+    kube.request(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/shrink",
+        body={"metadata": {"labels": {"theirs": "kept"}}},
+        content_type="application/merge-patch+json",
+    )
+    remote = kt.fn(module.hello, name="shrink").to(kt.Compute(replicas=2, **SMALL))
+    assert [r["x"] for r in remote(1)] == [1, 1]
+    deployment = k8s.get("deployments", "shrink", group="apps")
+    labels = deployment["metadata"]["labels"]
+    assert "team" not in labels and labels["theirs"] == "kept"
+    assert "owner" not in deployment["metadata"].get("annotations", {})
+    template = deployment["spec"]["template"]["metadata"]
+    assert "team" not in template["labels"] and "owner" not in template.get("annotations", {})
+    assert k8s.get("services", "shrink-headless") is None  # the pool is no longer distributed
+    assert k8s.get("services", "shrink") is not None
+
+
 def _user_deployment(name: str, labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",

@@ -4,7 +4,8 @@
   redeploys; its annotation ``hotpod.dev/meta`` records the service: kind, code, replicas, the
   objects made), then the objects :func:`hotpod.k8s.compile_manifests` gives, each created, or
   merge-patched when it exists (create-or-patch, which every API server and the test fake
-  serve; server-side apply would also drop fields a Compute no longer sets). Every pod template
+  serve), the patch deleting what hotpod set last time and no longer sets (:mod:`.apply`); an
+  object made last time and not now is deleted (claims are kept). Every pod template
   gets the label ``hotpod.dev/template`` (a hash of the Compute's pod template), so that the
   pods of the current template are told from those a rollout is replacing.
 - **Watch**: the pods (label ``hotpod.dev/service``) are watched while ``.to()`` waits
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from hotpod import transport
 from hotpod.backends.base import Backend, Plan, PodInfo, ServiceInfo
 from hotpod.backends.k8s import pods as podstate
+from hotpod.backends.k8s.apply import annotated, dropped, last_applied, merge_patch
 from hotpod.backends.k8s.bootstrap import Bootstrap
 from hotpod.backends.k8s.kube import ApiError, Credentials, Kube, collection, object_path
 from hotpod.backends.k8s.observe import ObserveMixin
@@ -197,9 +199,13 @@ class KubernetesBackend(ObserveMixin, Backend):
                     "hotpod's runtime (docs/kubernetes.md, 'Existing pods'); drop selector= to "
                     "let hotpod make the pool"
                 )
-        self._ensure_secret(plan.name, ns, meta)
+        previous = self._ensure_secret(plan.name, ns, meta)
         for obj in objects:
             self._apply_object(obj, ns)
+        for api_version, kind, obj_name, obj_ns in dropped(previous.get("objects") or [], made):
+            # what the Compute made before and no longer does (a Deployment become a Knative
+            # Service, a headless Service of a pool no longer distributed): its pods must go
+            kube.delete(f"{collection(api_version, kind, obj_ns)}/{obj_name}")
         self._namespaces[plan.name] = ns
         if before is None:
             rollout = "created"
@@ -212,7 +218,9 @@ class KubernetesBackend(ObserveMixin, Backend):
         self.watch(plan.name)  # .to() now waits for the pods: keep them current
         return dataclasses.replace(self.get(plan.name), rollout=rollout)
 
-    def _ensure_secret(self, name: str, ns: str, meta: dict[str, Any]) -> str:
+    def _ensure_secret(self, name: str, ns: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Make the token Secret, or record ``meta`` on it; what it recorded before ({} when
+        new)."""
         kube = self.kube
         path = self._secret_path(name, ns)
         notes = {META_ANNOTATION: json.dumps(meta, sort_keys=True)}
@@ -226,7 +234,7 @@ class KubernetesBackend(ObserveMixin, Backend):
                     body={"metadata": {"annotations": notes, "labels": labels}},
                     content_type="application/merge-patch+json",
                 )
-                return _token(found)
+                return _meta_of(found)
             token = secrets.token_urlsafe(32)
             body = {
                 "apiVersion": "v1",
@@ -242,16 +250,18 @@ class KubernetesBackend(ObserveMixin, Backend):
             }
             try:
                 kube.request("POST", collection("v1", "Secret", ns), body=body)
-                return token
+                return {}
             except ApiError as exc:
                 if exc.status != 409:  # made meanwhile by another client: read it
                     raise
         raise HotpodError(f"could not create or read the Secret {token_secret_name(name)}")
 
     def _apply_object(self, obj: dict[str, Any], ns: str) -> None:
-        """Create the object, or merge-patch it to what it must be when it exists."""
+        """Create the object, or merge-patch it to what it must be when it exists, dropping
+        what hotpod set on it last time and no longer sets (:mod:`.apply`)."""
         kube = self.kube
         target_ns = obj["metadata"].get("namespace") or ns
+        obj = annotated(obj)
         try:
             kube.request("POST", collection(obj["apiVersion"], obj["kind"], target_ns), body=obj)
             return
@@ -267,10 +277,11 @@ class KubernetesBackend(ObserveMixin, Backend):
                 ) from None
         if obj["kind"] == "PersistentVolumeClaim":  # a claim's spec is immutable: keep it
             return
+        path = object_path(obj, target_ns)
         kube.request(
             "PATCH",
-            object_path(obj, target_ns),
-            body=obj,
+            path,
+            body=merge_patch(last_applied(kube.find(path)), obj),
             content_type="application/merge-patch+json",
         )
 
