@@ -96,7 +96,7 @@ def test_init_reaches_every_runtime_container_and_applies_once(compute: kt.Compu
             "mountPath": "/hotpod-runtime",
             "readOnly": True,
         } in runtime["volumeMounts"]
-        assert spec["initContainers"][0] == bootstrap.init_container(IMAGE)
+        assert spec["initContainers"][0] == bootstrap.init_container(IMAGE, runtime)
         assert spec["initContainers"][0]["image"] == IMAGE
         assert {"name": "hotpod-runtime", "emptyDir": {}} in spec["volumes"]
         again = copy.deepcopy(template)
@@ -107,6 +107,34 @@ def test_init_reaches_every_runtime_container_and_applies_once(compute: kt.Compu
             "hotpod-runtime",
             "theirs",
         ]
+
+
+def test_the_init_container_asks_for_the_runtimes_cpu_and_memory_but_no_gpu() -> None:
+    # (a ResourceQuota on cpu/memory rejects a pod with a container that sets none)
+    objects = compile_manifests("svc", kt.Compute(cpus="2", memory="4Gi", gpus="1"))
+    INIT.apply_all(objects)
+    (template,) = [t for o in objects for t in pod_templates(o)]
+    (init,) = template["spec"]["initContainers"]
+    assert init["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert "nvidia.com/gpu" not in init["resources"].get("limits", {})
+    assert template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    bare = compile_manifests("svc", kt.Compute.from_manifest(_BARE))  # none set: none asked
+    INIT.apply_all(bare)
+    assert "resources" not in next(pod_templates(bare[0]))["spec"]["initContainers"][0]
+
+
+_BARE = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "w"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "w"}},
+        "template": {
+            "metadata": {"labels": {"app": "w"}},
+            "spec": {"containers": [{"name": "main", "image": "python:3.11"}]},
+        },
+    },
+}
 
 
 def _quoted(argv: list[str]) -> list[str]:

@@ -83,15 +83,29 @@ def init_wrapper(image: str, version: str) -> list[str]:
     return ["python", "-c", _BOOT, image, version]
 
 
-def init_container(image: str) -> dict[str, Any]:
-    """The init container that copies the runtime image's tree into the ``emptyDir``."""
-    return {
+def init_container(image: str, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The init container that copies the runtime image's tree into the ``emptyDir``.
+
+    It asks for the CPU and memory of the ``runtime`` container: a namespace whose
+    ResourceQuota covers cpu/memory rejects a pod with a container that sets none, and a pod's
+    request is the larger of its init containers' and the sum of the others', so this adds
+    nothing to it (GPUs and other devices are not copied: a copy needs none).
+    """
+    container: dict[str, Any] = {
         "name": INIT_CONTAINER,
         "image": image,
         "command": ["cp", "-R", f"{RUNTIME_SOURCE}/.", "$(HOTPOD_RUNTIME_DIR)/"],
         "env": [{"name": "HOTPOD_RUNTIME_DIR", "value": RUNTIME_DIR}],
         "volumeMounts": [{"name": RUNTIME_VOLUME, "mountPath": RUNTIME_DIR}],
     }
+    resources: dict[str, dict[str, Any]] = {}
+    for part, amounts in ((runtime or {}).get("resources") or {}).items():
+        kept = {k: v for k, v in (amounts or {}).items() if k in ("cpu", "memory")}
+        if part in ("requests", "limits") and kept:
+            resources[part] = kept
+    if resources:
+        container["resources"] = resources
+    return container
 
 
 def _runs_the_runtime(container: Any) -> bool:
@@ -165,7 +179,7 @@ class Bootstrap:
             container["volumeMounts"] = _put_named(container.get("volumeMounts") or [], mount)
         inits = spec.get("initContainers") or []
         spec["initContainers"] = [
-            init_container(self.image),
+            init_container(self.image, runtime[0]),
             *(c for c in inits if c.get("name") != INIT_CONTAINER),
         ]
         spec["volumes"] = _put_named(
