@@ -46,6 +46,22 @@ def runtime_containers(template: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _deployment(*init: dict[str, Any]) -> dict[str, Any]:
+    """A user's Deployment of one container (no resources), with ``init`` containers."""
+    spec: dict[str, Any] = {"containers": [{"name": "main", "image": "python:3.11"}]}
+    if init:
+        spec["initContainers"] = list(init)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "w"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "w"}},
+            "template": {"metadata": {"labels": {"app": "w"}}, "spec": spec},
+        },
+    }
+
+
 # -- the pod template ---------------------------------------------------------------------------
 
 
@@ -55,23 +71,7 @@ def runtime_containers(template: dict[str, Any]) -> list[dict[str, Any]]:
         kt.Compute(cpus="1"),
         kt.Compute(cpus="1").autoscale(min_scale=1, max_scale=3),
         kt.Compute(cpus="1", image=kt.Image("rayproject/ray:2.9.0")).distribute("ray", workers=2),
-        kt.Compute.from_manifest(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "w"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "w"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "w"}},
-                        "spec": {
-                            "initContainers": [{"name": "theirs", "image": "busybox"}],
-                            "containers": [{"name": "main", "image": "python:3.11"}],
-                        },
-                    },
-                },
-            }
-        ),
+        kt.Compute.from_manifest(_deployment({"name": "theirs", "image": "busybox"})),
     ],
     ids=["deployment", "knative", "ray", "from_manifest"],
 )
@@ -118,23 +118,9 @@ def test_the_init_container_asks_for_the_runtimes_cpu_and_memory_but_no_gpu() ->
     assert init["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
     assert "nvidia.com/gpu" not in init["resources"].get("limits", {})
     assert template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    bare = compile_manifests("svc", kt.Compute.from_manifest(_BARE))  # none set: none asked
+    bare = compile_manifests("svc", kt.Compute.from_manifest(_deployment()))  # none set: none asked
     INIT.apply_all(bare)
     assert "resources" not in next(pod_templates(bare[0]))["spec"]["initContainers"][0]
-
-
-_BARE = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {"name": "w"},
-    "spec": {
-        "selector": {"matchLabels": {"app": "w"}},
-        "template": {
-            "metadata": {"labels": {"app": "w"}},
-            "spec": {"containers": [{"name": "main", "image": "python:3.11"}]},
-        },
-    },
-}
 
 
 def _quoted(argv: list[str]) -> list[str]:
