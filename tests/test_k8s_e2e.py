@@ -369,6 +369,31 @@ def test_a_distributed_pool_gives_each_pod_its_rank_and_the_peers(
     assert {r["HOTPOD_PEERS"] for r in results} == {peers}  # rank order, as the backend sees it
 
 
+def test_a_replaced_pod_of_a_distributed_pool_says_to_re_form_it_then_joins_at_the_next_to(
+    k8s: Any, project: tuple[Path, ModuleType]
+) -> None:
+    _, module = project
+    pool = kt.Compute(**SMALL).distribute("spmd", workers=2)
+    first = kt.fn(module.dist_env, name="reform").to(pool).pods
+    _kube().delete(f"/api/v1/namespaces/default/pods/{first[1]}")
+
+    def refused() -> Any:
+        service = kt.lookup("reform")
+        if len(service.pods) != 2 or first[1] in service.pods:
+            return None
+        try:
+            service()
+        except kt.BroadcastError as exc:  # (the new pod answers, but has no rank in the pool)
+            return str(exc) if "re-form the pool" in str(exc) else None
+        return None
+
+    message = _until(refused, what="the replacement pod to refuse the call")
+    assert "call .to() again" in message and "no rank in it" in message
+    remote = kt.fn(module.dist_env, name="reform").to(pool)
+    assert first[1] not in remote.pods and first[0] in remote.pods
+    assert [r["RANK"] for r in remote()] == ["0", "1"]
+
+
 def test_a_pytorch_pool_forms_a_gloo_group_across_two_pods(
     k8s: Any, project: tuple[Path, ModuleType]
 ) -> None:

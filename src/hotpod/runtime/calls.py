@@ -62,7 +62,9 @@ class CallsMixin:
         if st.loaded is None and self._resuming is not None and not self._resuming.done():
             await asyncio.wait([self._resuming])  # a restarted worker: wait for its code
         if st.loaded is None:
-            raise HTTPError(503, "this pod serves no code yet; deploy it with .to() first")
+            raise HTTPError(
+                503, st.idle_reason or "this pod serves no code yet; deploy it with .to() first"
+            )
         loaded = st.loaded
         try:
             target, value = loaded.resolve(method)

@@ -35,6 +35,7 @@ class PodState:
     started: float = field(default_factory=time.time)
     venv: Path | None = None  # the service's virtual environment for pip steps
     request_restart: Callable[[], None] | None = None  # ask the supervisor for a new worker
+    idle_reason: str | None = None  # why it serves no code (when it knows), for calls meanwhile
     metrics: PodMetrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -315,6 +315,10 @@ async def cluster_launch(state: PodState) -> dict[str, Any] | None:
             "distributed pool's peers; it joins the pool at the next .to()",
             flush=True,
         )
+        state.idle_reason = (
+            "this pod started after the distributed pool's last .to() (a replaced or an added "
+            "pod) and has no rank in it; call .to() again to re-form the pool with it"
+        )
         return None
     peers = [p for p in doc.get("peers") or [] if isinstance(p, str) and p != me]
     fetcher = PeerFetcher(state.store, state.token, peers)
@@ -326,6 +330,10 @@ async def cluster_launch(state: PodState) -> dict[str, Any] | None:
             f"service's pods ({exc}; {'; '.join(fetcher.errors[-3:]) or 'no peers listed'}); "
             "this pod serves after the next .to()",
             flush=True,
+        )
+        state.idle_reason = (
+            f"this pod could not fetch the code of the service's last launch from its other pods "
+            f"({exc}); call .to() again"
         )
         return None
     finally:
