@@ -4,6 +4,7 @@ broadcast, redeploy, list/describe/logs, teardown, in both reach modes (pod IPs,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import time
@@ -65,19 +66,19 @@ class Counter:
 """
 
 
-@pytest.fixture(params=["direct", "proxy"])
-def cluster(
-    request: pytest.FixtureRequest,
-    fake_cluster: Any,
-    hotpod_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Any]:
+@contextlib.contextmanager
+def _on_kubernetes(monkeypatch: pytest.MonkeyPatch, reach: str | None) -> Iterator[None]:
+    """The Kubernetes backend (reach ``direct``/``proxy``; None: the default) while the test
+    runs; afterwards every service it made torn down and the settings restored."""
     monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    monkeypatch.setenv("HOTPOD_K8S_REACH", request.param)
+    if reach is None:
+        monkeypatch.delenv("HOTPOD_K8S_REACH", raising=False)
+    else:
+        monkeypatch.setenv("HOTPOD_K8S_REACH", reach)
     monkeypatch.delenv("HOTPOD_NAMESPACE", raising=False)
     reload_settings()
     try:
-        yield fake_cluster
+        yield
     finally:
         backend = get_backend()
         try:
@@ -86,6 +87,17 @@ def cluster(
             backend.close()  # type: ignore[attr-defined]
             monkeypatch.undo()
             reload_settings()
+
+
+@pytest.fixture(params=["direct", "proxy"])
+def cluster(
+    request: pytest.FixtureRequest,
+    fake_cluster: Any,
+    hotpod_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
+    with _on_kubernetes(monkeypatch, request.param):
+        yield fake_cluster
 
 
 @pytest.fixture
@@ -273,20 +285,8 @@ def test_a_missing_secret_fails_the_deploy(
 @pytest.fixture
 def k8s(fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The Kubernetes backend on the fake, reached as from outside (the API proxy)."""
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    monkeypatch.delenv("HOTPOD_K8S_REACH", raising=False)
-    monkeypatch.delenv("HOTPOD_NAMESPACE", raising=False)
-    reload_settings()
-    try:
+    with _on_kubernetes(monkeypatch, None):
         yield fake_cluster
-    finally:
-        backend = get_backend()
-        try:
-            backend.teardown_all()
-        finally:
-            backend.close()  # type: ignore[attr-defined]
-            monkeypatch.undo()
-            reload_settings()
 
 
 def _until(check: Any, timeout: float = 20.0, what: str = "") -> Any:
