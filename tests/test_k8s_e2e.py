@@ -101,6 +101,13 @@ def cluster(
 
 
 @pytest.fixture
+def k8s(fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The Kubernetes backend on the fake, reached as from outside (the API proxy)."""
+    with _on_kubernetes(monkeypatch, None):
+        yield fake_cluster
+
+
+@pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, ModuleType]]:
     root = tmp_path / "proj"
     root.mkdir()
@@ -111,14 +118,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
     module = importlib.import_module(name)
     yield root / f"{name}.py", module
     sys.modules.pop(name, None)
-
-
-def _done(name: str) -> None:
-    backend = get_backend()
-    try:
-        backend.teardown(name)
-    finally:
-        backend.close()  # type: ignore[attr-defined]
 
 
 def _gone(cluster: Any, service: str, timeout: float = 10.0) -> bool:
@@ -199,94 +198,49 @@ def test_list_describe_and_logs_through_the_api(
     assert "greeter" not in runner.invoke(main, ["list"]).output
 
 
-def test_a_gpu_pod_left_pending_fails_the_deploy_promptly(
-    fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch, project: Any
-) -> None:
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    reload_settings()
-    fake_cluster.set_node(gpus=0)
+def test_a_gpu_pod_left_pending_fails_the_deploy_promptly(k8s: Any, project: Any) -> None:
+    k8s.set_node(gpus=0)
     _, module = project
     t0 = time.monotonic()
-    try:
-        with pytest.raises(kt.DeployError) as caught:
-            kt.fn(module.hello, name="gpu-job").to(
-                kt.Compute(gpus=1, cpus="0.1", launch_timeout=16)
-            )
-        message = str(caught.value)
-        assert "gpu-job-" in message and "is Pending" in message
-        assert "Insufficient nvidia.com/gpu" in message
-        assert time.monotonic() - t0 < 12  # after the grace (16 s / 4), not at the timeout
-    finally:
-        _done("gpu-job")
-        monkeypatch.undo()
-        reload_settings()
+    with pytest.raises(kt.DeployError) as caught:
+        kt.fn(module.hello, name="gpu-job").to(kt.Compute(gpus=1, cpus="0.1", launch_timeout=16))
+    message = str(caught.value)
+    assert "gpu-job-" in message and "is Pending" in message
+    assert "Insufficient nvidia.com/gpu" in message
+    assert time.monotonic() - t0 < 12  # after the grace (16 s / 4), not at the timeout
 
 
-def test_an_image_that_cannot_be_pulled_fails_the_deploy(
-    fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch, project: Any
-) -> None:
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    reload_settings()
-    fake_cluster.missing_images.add("my-team/nope:1")
+def test_an_image_that_cannot_be_pulled_fails_the_deploy(k8s: Any, project: Any) -> None:
+    k8s.missing_images.add("my-team/nope:1")
     _, module = project
-    try:
-        with pytest.raises(kt.DeployError, match=r"cannot pull its image 'my-team/nope:1'"):
-            kt.fn(module.hello, name="no-image").to(
-                kt.Compute(image=kt.Image("my-team/nope:1"), cpus="0.1", launch_timeout=30)
-            )
-    finally:
-        _done("no-image")
-        monkeypatch.undo()
-        reload_settings()
+    with pytest.raises(kt.DeployError, match=r"cannot pull its image 'my-team/nope:1'"):
+        kt.fn(module.hello, name="no-image").to(
+            kt.Compute(image=kt.Image("my-team/nope:1"), cpus="0.1", launch_timeout=30)
+        )
 
 
-def test_a_crash_loop_fails_the_deploy_with_the_last_log_lines(
-    fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch, project: Any
-) -> None:
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    reload_settings()
+def test_a_crash_loop_fails_the_deploy_with_the_last_log_lines(k8s: Any, project: Any) -> None:
     _, module = project
     broken = {"PYTHONHOME": "/nonexistent"}  # the container's python cannot even start
-    try:
-        with pytest.raises(kt.DeployError) as caught:
-            kt.fn(module.hello, name="crashy").to(
-                kt.Compute(cpus="0.1", launch_timeout=30, env_vars=broken)
-            )
-        message = str(caught.value)
-        assert "crashy-" in message and "keeps crashing" in message
-        assert "encodings" in message  # the last lines of its log
-    finally:
-        _done("crashy")
-        monkeypatch.undo()
-        reload_settings()
+    with pytest.raises(kt.DeployError) as caught:
+        kt.fn(module.hello, name="crashy").to(
+            kt.Compute(cpus="0.1", launch_timeout=30, env_vars=broken)
+        )
+    message = str(caught.value)
+    assert "crashy-" in message and "keeps crashing" in message
+    assert "encodings" in message  # the last lines of its log
 
 
-def test_a_missing_secret_fails_the_deploy(
-    fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch, project: Any
-) -> None:
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
-    reload_settings()
+def test_a_missing_secret_fails_the_deploy(k8s: Any, project: Any) -> None:
     _, module = project
     secret = kt.Secret("not-in-the-cluster", values={"NOPE": "1"})
-    try:
-        with pytest.raises(kt.DeployError, match="CreateContainerConfigError"):
-            kt.fn(module.hello, name="no-secret").to(
-                kt.Compute(cpus="0.1", launch_timeout=30, secrets=[secret])
-            )
-    finally:
-        _done("no-secret")
-        monkeypatch.undo()
-        reload_settings()
+    with pytest.raises(kt.DeployError, match="CreateContainerConfigError"):
+        kt.fn(module.hello, name="no-secret").to(
+            kt.Compute(cpus="0.1", launch_timeout=30, secrets=[secret])
+        )
 
 
 # -- pods that come later, distributed pools -------------------------------------------------
-
-
-@pytest.fixture
-def k8s(fake_cluster: Any, hotpod_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The Kubernetes backend on the fake, reached as from outside (the API proxy)."""
-    with _on_kubernetes(monkeypatch, None):
-        yield fake_cluster
 
 
 def _until(check: Any, timeout: float = 20.0, what: str = "") -> Any:
@@ -608,11 +562,7 @@ def test_logs_follow_picks_up_later_pods_and_teardown_volumes_deletes_the_claim(
 
 
 def test_the_init_bootstrap_runs_hotpod_copied_from_the_runtime_image(
-    fake_cluster: Any,
-    hotpod_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    project: Any,
-    tmp_path: Path,
+    k8s: Any, monkeypatch: pytest.MonkeyPatch, project: Any, tmp_path: Path
 ) -> None:
     import json
     import shutil
@@ -627,75 +577,55 @@ def test_the_init_bootstrap_runs_hotpod_copied_from_the_runtime_image(
     info = {"python": python, "libc": "glibc", "hotpod": kt.__version__}
     (source / bootstrap.RUNTIME_INFO).write_text(json.dumps(info))
     monkeypatch.setattr(bootstrap, "RUNTIME_SOURCE", str(source))
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
     monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP", "init")
     monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP_IMAGE", "my-team/hotpod-runtime:1")
     reload_settings()
     _, module = project
-    try:
-        remote = kt.fn(module.where_hotpod, name="booted").to(
-            kt.Compute(image=kt.Image("python:3.11"), **SMALL)
-        )
-        where = remote()
-        # the pod's hotpod is the copy in its emptyDir, not this host's
-        assert where["dir"].endswith("/hotpod-runtime")
-        assert where["file"] == f"{where['dir']}/hotpod/__init__.py"
-        assert not where["file"].startswith(str(host_hotpod))
-        (pod,) = fake_cluster.pods(fake_cluster.namespace, {"hotpod.dev/service": "booted"})
-        (init,) = pod["status"]["initContainerStatuses"]
-        assert init["name"] == "hotpod-runtime" and init["image"] == "my-team/hotpod-runtime:1"
-        assert init["state"]["terminated"]["exitCode"] == 0
+    remote = kt.fn(module.where_hotpod, name="booted").to(
+        kt.Compute(image=kt.Image("python:3.11"), **SMALL)
+    )
+    where = remote()
+    # the pod's hotpod is the copy in its emptyDir, not this host's
+    assert where["dir"].endswith("/hotpod-runtime")
+    assert where["file"] == f"{where['dir']}/hotpod/__init__.py"
+    assert not where["file"].startswith(str(host_hotpod))
+    (pod,) = k8s.pods(k8s.namespace, {"hotpod.dev/service": "booted"})
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert init["name"] == "hotpod-runtime" and init["image"] == "my-team/hotpod-runtime:1"
+    assert init["state"]["terminated"]["exitCode"] == 0
 
-        # a runtime image for another Python: the pod says so, and .to() shows it
-        info["python"] = "3.9"
-        (source / bootstrap.RUNTIME_INFO).write_text(json.dumps(info))
-        with pytest.raises(kt.DeployError) as caught:
-            kt.fn(module.where_hotpod, name="mismatched").to(
-                kt.Compute(cpus="0.1", launch_timeout=30)
-            )
-        message = str(caught.value)
-        assert "keeps crashing" in message
-        assert "it was built for Python 3.9 (glibc) and this image runs Python" in message
-    finally:
-        _done("booted")
-        _done("mismatched")
-        monkeypatch.undo()
-        reload_settings()
+    # a runtime image for another Python: the pod says so, and .to() shows it
+    info["python"] = "3.9"
+    (source / bootstrap.RUNTIME_INFO).write_text(json.dumps(info))
+    with pytest.raises(kt.DeployError) as caught:
+        kt.fn(module.where_hotpod, name="mismatched").to(kt.Compute(cpus="0.1", launch_timeout=30))
+    message = str(caught.value)
+    assert "keeps crashing" in message
+    assert "it was built for Python 3.9 (glibc) and this image runs Python" in message
 
 
 def test_an_init_bootstrap_that_cannot_run_fails_the_deploy_naming_the_init_container(
-    fake_cluster: Any,
-    hotpod_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    project: Any,
-    tmp_path: Path,
+    k8s: Any, monkeypatch: pytest.MonkeyPatch, project: Any, tmp_path: Path
 ) -> None:
     from hotpod.backends.k8s import bootstrap
 
     monkeypatch.setattr(bootstrap, "RUNTIME_SOURCE", str(tmp_path / "no-such-runtime"))
-    monkeypatch.setenv("HOTPOD_BACKEND", "kubernetes")
     monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP", "init")
     monkeypatch.setenv("HOTPOD_K8S_BOOTSTRAP_IMAGE", "my-team/hotpod-runtime:1")
     reload_settings()
     _, module = project
-    try:
-        # the copy fails (nothing at the source): the init container's exit and log are named
-        start = time.monotonic()
-        with pytest.raises(kt.DeployError) as caught:
-            kt.fn(module.where_hotpod, name="no-copy").to(kt.Compute(cpus="0.1", launch_timeout=60))
-        message = str(caught.value)
-        assert "init container 'hotpod-runtime' of pod no-copy-" in message, message
-        assert "failed (exit code" in message and "no-such-runtime" in message, message
-        assert time.monotonic() - start < 30
-        # the runtime image cannot be pulled: said at once, naming it
-        fake_cluster.missing_images.add("my-team/hotpod-runtime:1")
-        with pytest.raises(kt.DeployError) as caught:
-            kt.fn(module.where_hotpod, name="no-pull").to(kt.Compute(cpus="0.1", launch_timeout=60))
-        message = str(caught.value)
-        assert "init container 'hotpod-runtime'" in message, message
-        assert "cannot pull its image 'my-team/hotpod-runtime:1'" in message, message
-    finally:
-        _done("no-copy")
-        _done("no-pull")
-        monkeypatch.undo()
-        reload_settings()
+    # the copy fails (nothing at the source): the init container's exit and log are named
+    start = time.monotonic()
+    with pytest.raises(kt.DeployError) as caught:
+        kt.fn(module.where_hotpod, name="no-copy").to(kt.Compute(cpus="0.1", launch_timeout=60))
+    message = str(caught.value)
+    assert "init container 'hotpod-runtime' of pod no-copy-" in message, message
+    assert "failed (exit code" in message and "no-such-runtime" in message, message
+    assert time.monotonic() - start < 30
+    # the runtime image cannot be pulled: said at once, naming it
+    k8s.missing_images.add("my-team/hotpod-runtime:1")
+    with pytest.raises(kt.DeployError) as caught:
+        kt.fn(module.where_hotpod, name="no-pull").to(kt.Compute(cpus="0.1", launch_timeout=60))
+    message = str(caught.value)
+    assert "init container 'hotpod-runtime'" in message, message
+    assert "cannot pull its image 'my-team/hotpod-runtime:1'" in message, message
