@@ -7,8 +7,6 @@ Without them the framework tests fail when ``CI`` is set, and are skipped otherw
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 
 import psutil
@@ -16,19 +14,11 @@ import pytest
 
 import dist_code as dc
 import hotpod as kt
+from frameworks import need
 
 pytestmark = pytest.mark.slow
 
 HALF = kt.Compute(cpus="0.5")
-
-
-def need(module: str, install: str) -> None:
-    if importlib.util.find_spec(module) is not None:
-        return
-    why = f"{module} is not installed here; `{install}` installs it (.ci/run does)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {why}")
-    pytest.skip(why)
 
 
 def ports(peers: str | None) -> list[int]:

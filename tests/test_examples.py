@@ -7,7 +7,6 @@ test fails when ``CI`` is set, and is skipped otherwise (as in test_distributed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hotpod_processes
+from frameworks import need
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +70,7 @@ def test_autoscale_spreads_a_burst_then_scales_to_zero_and_back(run_example: Run
 
 
 def test_distributed_torch_all_reduces_across_two_pods(run_example: Run) -> None:
-    if importlib.util.find_spec("torch") is None:
-        why = "torch is not installed here; `pip install torch==2.13.0` installs it (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {why}")
-        pytest.skip(why)
+    need("torch", "pip install torch==2.13.0")
     out = ok(run_example("distributed_torch.py"))
     assert "ranks: [0, 1] pods: ['all-reduce-0', 'all-reduce-1']" in out
     assert "rank 0/2: sent [1.0, 2.0, 3.0] -> all_reduce [3.0, 6.0, 9.0]" in out

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import hotpod as kt
+from frameworks import need
 from hotpod.backends import get_backend
 from hotpod.config import reload_settings
 
@@ -351,7 +352,7 @@ def test_a_replaced_pod_of_a_distributed_pool_says_to_re_form_it_then_joins_at_t
 def test_a_pytorch_pool_forms_a_gloo_group_across_two_pods(
     k8s: Any, project: tuple[Path, ModuleType]
 ) -> None:
-    pytest.importorskip("torch")
+    need("torch", "pip install torch==2.13.0")
     _, module = project
     pool = kt.Compute(**SMALL).distribute("pytorch", workers=2, port=_free_port())
     remote = kt.fn(module.all_reduce, name="gloo").to(pool)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.util
 import os
 import signal
 import time
@@ -20,20 +19,12 @@ import pytest
 
 import dist_code as dc
 import hotpod as kt
+from frameworks import need
 from hotpod.backends import Plan, get_backend
 
 pytestmark = pytest.mark.slow
 
 HALF = kt.Compute(cpus="0.5")
-
-
-def need(module: str, install: str) -> None:
-    if importlib.util.find_spec(module) is not None:
-        return
-    why = f"{module} is not installed here; `{install}` installs it (.ci/run does)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {why}")
-    pytest.skip(why)
 
 
 def test_a_killed_pod_fails_the_call_fast_and_the_pool_re_forms(hotpod_home):
