@@ -481,3 +481,9 @@ def test_error_with_broken_str_still_encodes() -> None:
 def test_error_body() -> None:
     body = json.loads(wire.error_body(418, "teapot", pod="p"))
     assert body == {"error": "teapot", "status": 418, "pod": "p"}
+
+
+def test_error_message_reads_what_error_body_wrote_else_the_text() -> None:
+    assert wire.error_message(wire.error_body(503, "not ready", pod="p")) == "not ready"
+    assert wire.error_message(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+    assert wire.error_message(b"[1, 2]") == "[1, 2]"  # JSON, but not an error body

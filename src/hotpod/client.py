@@ -438,11 +438,7 @@ class PodClient:
         attach_announced(json.loads(payload), self._headers["Authorization"][7:])
 
     def _status_error(self, pod: PodInfo, method: str, status: int, data: bytes) -> Exception:
-        text = data.decode("utf-8", "replace")
-        try:
-            message = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            message = text
+        message = wire.error_message(data)
         if status == 404 and method:
             return AttributeError(f"{message} (pod {pod.name})")
         if status in (401, 403):

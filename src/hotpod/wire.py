@@ -350,3 +350,12 @@ def encode_error(exc: BaseException, tb: str, pod: str, rank: int) -> bytes:
 def error_body(status: int, message: str, **extra: Any) -> bytes:
     """A JSON body for a 4xx/5xx answer that is not a call result."""
     return json.dumps({"error": message, "status": status, **extra}).encode()
+
+
+def error_message(data: bytes) -> Any:
+    """What a 4xx/5xx answer says: its JSON's ``error`` (:func:`error_body`), else its text."""
+    text = data.decode("utf-8", "replace")
+    try:
+        return json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        return text

@@ -28,6 +28,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+async def _start_frames(send: Send) -> None:
+    """The head of an answer whose frames follow as they come (no length: chunked)."""
+    headers = [
+        (b"content-type", wire.CT_FRAMES.encode()),
+        (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
 async def _send_bytes(
     send: Send, status: int, body: wire.Body, content_type: str, extra: list | None = None
 ) -> None:

@@ -36,6 +36,7 @@ from hotpod.runtime.asgi import (
     _read_body,
     _send_bytes,
     _send_pieces,
+    _start_frames,
 )
 from hotpod.runtime.state import PodState
 
@@ -173,16 +174,7 @@ class CallsMixin:
                 await _send_bytes(send, 200, first, wire.CT_FRAMES)  # type: ignore[arg-type]
                 await task
                 return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", wire.CT_FRAMES.encode()),
-                        (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
-                    ],
-                }
-            )
+            await _start_frames(send)
             item: object = first
             connected = True
             while True:

@@ -34,7 +34,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hotpod import wire
-from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _read_body
+from hotpod.runtime.asgi import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    _header,
+    _read_body,
+    _start_frames,
+)
 
 if TYPE_CHECKING:
     from hotpod.aiotransport import AsyncTransport
@@ -218,16 +226,7 @@ async def handle(app: PodApp, scope: Scope, receive: Receive, send: Send) -> Non
     headers.update(_auth_headers(st))
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     relay = _Relay(app, scope, plan, body, headers, queue)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", wire.CT_FRAMES.encode()),
-                (b"x-hotpod-protocol", wire.PROTOCOL_VERSION.encode()),
-            ],
-        }
-    )
+    await _start_frames(send)
     task = asyncio.get_running_loop().create_task(relay.run())
     connected = True
     try:
@@ -413,11 +412,7 @@ class _Relay:
         return "error" if kind == wire.FRAME_ERROR else None
 
     def _status(self, index: int, status: int, data: bytes, method: str) -> None:
-        text = data.decode("utf-8", "replace")
-        try:
-            message = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            message = text
+        message = wire.error_message(data)
         kind = "builtins.AttributeError" if status == 404 and method else "hotpod.errors.CallError"
         self.fail(index, kind, f"pod {self.app.state.pod} answered {status}: {message}")
 
