@@ -411,6 +411,9 @@ def test_a_redeploy_drops_what_the_compute_no_longer_sets(
     assert "team" not in template["labels"] and "owner" not in template.get("annotations", {})
     assert k8s.get("services", "shrink-headless") is None  # the pool is no longer distributed
     assert k8s.get("services", "shrink") is not None
+    assert "hotpod.dev/last-applied" in deployment["metadata"]["annotations"]
+    launch = k8s.get("configmaps", "shrink-hotpod-launch")  # (rewritten whole: no copy of it)
+    assert "hotpod.dev/last-applied" not in (launch["metadata"].get("annotations") or {})
 
 
 def _user_deployment(name: str, labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:

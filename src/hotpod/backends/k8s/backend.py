@@ -200,8 +200,8 @@ class KubernetesBackend(ObserveMixin, Backend):
                     "let hotpod make the pool"
                 )
         previous = self._ensure_secret(plan.name, ns, meta)
-        for obj in objects:
-            self._apply_object(obj, ns)
+        for obj in objects:  # (the workload as read above: not read again)
+            self._apply_object(obj, ns, live=before if obj is workload else None)
         for api_version, kind, obj_name, obj_ns in dropped(previous.get("objects") or [], made):
             # what the Compute made before and no longer does (a Deployment become a Knative
             # Service, a headless Service of a pool no longer distributed): its pods must go
@@ -256,12 +256,21 @@ class KubernetesBackend(ObserveMixin, Backend):
                     raise
         raise HotpodError(f"could not create or read the Secret {token_secret_name(name)}")
 
-    def _apply_object(self, obj: dict[str, Any], ns: str) -> None:
-        """Create the object, or merge-patch it to what it must be when it exists, dropping
-        what hotpod set on it last time and no longer sets (:mod:`.apply`)."""
+    def _apply_object(
+        self,
+        obj: dict[str, Any],
+        ns: str,
+        live: dict[str, Any] | None = None,
+        prune: bool = True,
+    ) -> None:
+        """Create the object, or merge-patch it to what it must be when it exists (``live``:
+        as it was just read, if it was). With ``prune`` the patch also drops what hotpod set on
+        it last time and no longer sets (:mod:`.apply`), which costs the object an annotation
+        as large as itself; an object whose fields are all rewritten every time needs none."""
         kube = self.kube
         target_ns = obj["metadata"].get("namespace") or ns
-        obj = annotated(obj)
+        if prune:
+            obj = annotated(obj)
         try:
             kube.request("POST", collection(obj["apiVersion"], obj["kind"], target_ns), body=obj)
             return
@@ -278,12 +287,9 @@ class KubernetesBackend(ObserveMixin, Backend):
         if obj["kind"] == "PersistentVolumeClaim":  # a claim's spec is immutable: keep it
             return
         path = object_path(obj, target_ns)
-        kube.request(
-            "PATCH",
-            path,
-            body=merge_patch(last_applied(kube.find(path)), obj),
-            content_type="application/merge-patch+json",
-        )
+        if prune:
+            obj = merge_patch(last_applied(live or kube.find(path)), obj)
+        kube.request("PATCH", path, body=obj, content_type="application/merge-patch+json")
 
     # -- reading services -----------------------------------------------------------------
 
@@ -476,7 +482,7 @@ class KubernetesBackend(ObserveMixin, Backend):
             },
             "data": {LAUNCH_KEY: json.dumps(doc, sort_keys=True)},
         }
-        self._apply_object(body, ns)
+        self._apply_object(body, ns, prune=False)  # (its one key is rewritten whole)
 
     def ship(self, service: ServiceInfo, client: PodClient, spec: dict[str, Any]) -> None:
         shipper = Shipper(self.store(), service.token, service.name)
