@@ -170,6 +170,24 @@ GPU_PENDING = pod(
 )
 
 
+def test_the_runtime_container_is_hotpods_else_the_one_with_hotpod_env_else_the_first() -> None:
+    def spec(*containers: dict[str, Any]) -> dict[str, Any]:
+        return {"spec": {"containers": list(containers)}}
+
+    sidecar = {"name": "proxy"}
+    env = [{"name": "HOTPOD_TOKEN", "value": "t"}]
+    assert podstate.runtime_container(spec(sidecar, {"name": "hotpod"})) == "hotpod"
+    assert podstate.runtime_container(spec(sidecar, {"name": "runtime", "env": env})) == "runtime"
+    assert podstate.runtime_container(spec({"name": "main"}, sidecar)) == "main"
+    assert podstate.runtime_container({}) == "hotpod"
+    statuses = [{"name": "proxy", "restartCount": 0}, {"name": "runtime", "restartCount": 3}]
+    adopted = {
+        **spec(sidecar, {"name": "runtime", "env": env}),
+        "status": {"containerStatuses": statuses},
+    }
+    assert podstate.restarts(adopted) == 3  # the runtime's restarts, not the sidecar's
+
+
 def test_status_words() -> None:
     assert podstate.status(pod("a")) == "running"
     assert podstate.status(pod("a", ready=False)) == "starting"

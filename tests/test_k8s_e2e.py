@@ -498,6 +498,12 @@ def test_a_selector_adopts_pods_that_already_run_the_runtime(
     remote = kt.fn(module.hello, name="adopt").to(kt.Compute(selector={"app": "mine"}))
     assert [r["v"] for r in remote(2)] == [1, 1]
     assert {s.name: len(s.pods) for s in kt.list_services()} == {"adopt": 2}
+    fresh = type(get_backend())(reload_settings())  # as 'hotpod logs adopt' in a new process
+    try:
+        logged = {line.pod for line in fresh.logs("adopt", tail=50)}
+    finally:
+        fresh.close()  # type: ignore[attr-defined]
+    assert logged == set(remote.pods)  # the user's pods, found by their own labels
     assert kt.teardown("adopt") == ["adopt"]
     assert len(k8s.pods(k8s.namespace, {"app": "mine"})) == 2  # the user's pods stay
     kube.delete("/apis/apps/v1/namespaces/default/deployments/mine")

@@ -143,7 +143,6 @@ def deploy(
             "pod(s) with the manifest's replica count and this Compute's env vars instead.",
             compute.replicas,
         )
-    backend = backend or get_backend()
     ref = ref or coderef.resolve(obj)
     store = backend.store()
     synced = codesync.sync(ref.root, store) if ref.root is not None else None

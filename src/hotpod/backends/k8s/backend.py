@@ -190,15 +190,15 @@ class KubernetesBackend(ObserveMixin, Backend):
                 if plan.template.get(k)
             },
         }
-        if meta["selector"]:  # existing pods: there must be some
-            self._selectors[plan.name] = meta["selector"]
-            if not kube.items(collection("v1", "Pod", ns), meta["selector"]):
-                raise DeployError(
-                    f"Compute(selector={dict(compute.selector or {})!r}): no pod in namespace "
-                    f"{ns!r} has these labels. The selector adopts pods that already run "
-                    "hotpod's runtime (docs/kubernetes.md, 'Existing pods'); drop selector= to "
-                    "let hotpod make the pool"
-                )
+        self._remember_selector(plan.name, meta)  # (a pool that stopped adopting pods too)
+        # existing pods: there must be some
+        if meta["selector"] and not kube.items(collection("v1", "Pod", ns), meta["selector"]):
+            raise DeployError(
+                f"Compute(selector={dict(compute.selector or {})!r}): no pod in namespace "
+                f"{ns!r} has these labels. The selector adopts pods that already run "
+                "hotpod's runtime (docs/kubernetes.md, 'Existing pods'); drop selector= to "
+                "let hotpod make the pool"
+            )
         previous = self._ensure_secret(plan.name, ns, meta)
         for obj in objects:  # (the workload as read above: not read again)
             self._apply_object(obj, ns, live=before if obj is workload else None)
@@ -305,7 +305,19 @@ class KubernetesBackend(ObserveMixin, Backend):
         return self.kube.items(collection("v1", "Pod", ns), self._selector(name))
 
     def _selector(self, name: str) -> str:
-        return self._selectors.get(name) or f"{SERVICE_LABEL}={name}"
+        """The label selector of the service's pods: its own label, or for existing pods the
+        selector its token Secret records (read once when no ``get``/``apply`` did: ``hotpod
+        logs`` in a new process)."""
+        selector = self._selectors.get(name)
+        if selector is None:
+            secret = self.kube.find(self._secret_path(name, self.namespace(name)))
+            selector = self._remember_selector(name, _meta_of(secret) if secret else {})
+        return selector
+
+    def _remember_selector(self, name: str, meta: dict[str, Any]) -> str:
+        selector = str(meta.get("selector") or f"{SERVICE_LABEL}={name}")
+        self._selectors[name] = selector
+        return selector
 
     def watch(self, name: str) -> None:
         """Keep the service's pods current by watching them (while somebody asks)."""
@@ -401,9 +413,7 @@ class KubernetesBackend(ObserveMixin, Backend):
                 f"{self.kube.server}; 'hotpod list' shows what runs (HOTPOD_NAMESPACE picks "
                 "another namespace)"
             )
-        selector = _meta_of(secret).get("selector")
-        if selector:
-            self._selectors[name] = str(selector)
+        self._remember_selector(name, _meta_of(secret))
         return self._info(secret, self._pods(name, ns), ns)
 
     def list(self) -> builtins.list[ServiceInfo]:

@@ -16,6 +16,7 @@ from hotpod.backends.base import PodInfo, ServiceInfo, pick_pods
 from hotpod.backends.k8s import pods as podstate
 from hotpod.backends.k8s.kube import collection
 from hotpod.errors import DeployError, HotpodError, ServiceNotFoundError
+from hotpod.k8s.pod import CONTAINER_NAME
 
 if TYPE_CHECKING:
     from hotpod.backends.k8s.kube import Kube
@@ -50,7 +51,7 @@ class ObserveMixin:
         ns: str,
         tail: int | None = None,
         previous: bool = False,
-        container: str = "hotpod",
+        container: str = CONTAINER_NAME,
     ) -> builtins.list[str]:
         query = {
             "container": container,
@@ -69,17 +70,23 @@ class ObserveMixin:
         keep: loglines.LogFilter | None = None,
     ) -> Iterator[loglines.LogLine]:
         ns = self.namespace(name)
-        names = sorted((p for p in self._pods(name, ns)), key=podstate.rank_key)
-        pods = pick_pods(name, pod, [p["metadata"]["name"] for p in names])
+        found = sorted(self._pods(name, ns), key=podstate.rank_key)
+        containers = {p["metadata"]["name"]: podstate.runtime_container(p) for p in found}
+        pods = pick_pods(name, pod, list(containers))
         if not pods:
             raise ServiceNotFoundError(
                 f"no pods of service {name!r} in namespace {ns!r}: their logs went with them"
             )
         if follow:
-            return self._follow(name, pods, ns, tail, keep, fixed=pod is not None)
+            return self._follow(name, pods, containers, ns, tail, keep, fixed=pod is not None)
         return loglines.merge(
             [
-                loglines.read(p, self.read_log(p, ns, None if keep else tail), keep, tail)
+                loglines.read(
+                    p,
+                    self.read_log(p, ns, None if keep else tail, container=containers[p]),
+                    keep,
+                    tail,
+                )
                 for p in pods
             ]
         )
@@ -88,6 +95,7 @@ class ObserveMixin:
         self,
         name: str,
         pods: builtins.list[str],
+        containers: dict[str, str],
         ns: str,
         tail: int | None,
         keep: loglines.LogFilter | None,
@@ -100,7 +108,8 @@ class ObserveMixin:
 
         def pump(pod: str, lines_back: int | None) -> None:
             last = ""
-            query = {"container": "hotpod", "follow": "true", "tailLines": lines_back}
+            container = containers.get(pod, CONTAINER_NAME)
+            query = {"container": container, "follow": "true", "tailLines": lines_back}
             try:
                 for raw in self.kube.stream(self._log_path(ns, pod), query):
                     line = loglines.parse(pod, raw.decode("utf-8", "replace").rstrip("\r"), last)
@@ -127,10 +136,13 @@ class ObserveMixin:
         while True:
             if not fixed and time.monotonic() >= next_poll:
                 try:
-                    current = [p["metadata"]["name"] for p in self._pods(name, ns)]
+                    found = self._pods(name, ns)
                 except HotpodError:
-                    current = []
-                start([p for p in current if p not in followed], None)
+                    found = []
+                containers.update(
+                    {p["metadata"]["name"]: podstate.runtime_container(p) for p in found}
+                )
+                start([p for p in containers if p not in followed], None)
                 next_poll = time.monotonic() + FOLLOW_POLL_SECONDS
                 if not open_streams:
                     return
@@ -203,11 +215,11 @@ class ObserveMixin:
         if kind not in ("crashloop", "init"):
             return ""
         name = pod["metadata"]["name"]
-        container = "hotpod"
+        container = podstate.runtime_container(pod)
         if kind == "init":  # the init container that failed (the first that did not succeed)
             inits = (pod.get("status") or {}).get("initContainerStatuses") or []
             failing = [c for c in inits if _exit_code(c) != 0]
-            container = str((failing or inits or [{}])[0].get("name") or "hotpod")
+            container = str((failing or inits or [{}])[0].get("name") or container)
         for previous in (True, False):
             try:
                 lines = self.read_log(name, ns, tail=20, previous=previous, container=container)

@@ -38,11 +38,26 @@ def rank_key(pod: dict[str, Any]) -> tuple[int, str, str]:
     return (1 << 30, _meta(pod).get("creationTimestamp") or "", _meta(pod).get("name", ""))
 
 
+def runtime_container(pod: dict[str, Any]) -> str:
+    """The name of the container that runs hotpod's runtime: ``hotpod`` in hotpod's own pods;
+    else the first whose environment sets ``HOTPOD_`` variables (pods a selector adopts), else
+    the first (a manifest's, which gets the runtime merged into its first container)."""
+    containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
+    names = [str(c.get("name") or "") for c in containers]
+    if CONTAINER_NAME in names or not names:
+        return CONTAINER_NAME
+    for c in containers:
+        if any(str(e.get("name", "")).startswith("HOTPOD_") for e in c.get("env") or []):
+            return str(c.get("name") or "")
+    return names[0]
+
+
 def container_status(pod: dict[str, Any]) -> dict[str, Any]:
-    """The status of hotpod's container (the first one when none is named ``hotpod``)."""
+    """The status of the container that runs hotpod's runtime (:func:`runtime_container`)."""
     statuses = _status(pod).get("containerStatuses") or []
+    name = runtime_container(pod)
     for status in statuses:
-        if status.get("name") == CONTAINER_NAME:
+        if status.get("name") == name:
             return dict(status)
     return dict(statuses[0]) if statuses else {}
 
@@ -226,6 +241,7 @@ __all__ = [
     "is_ready",
     "last_exit",
     "rank_key",
+    "runtime_container",
     "restarts",
     "status",
     "trouble",
