@@ -723,6 +723,23 @@ def test_diagnose_fails_a_gpu_pod_that_cannot_be_scheduled_after_a_grace(
     assert "Insufficient nvidia.com/gpu" in str(caught.value)
 
 
+def test_diagnose_waits_for_a_node_the_cluster_autoscaler_is_adding(
+    k8s: tuple[KubernetesBackend, FakeKube],
+) -> None:
+    backend, fake = k8s
+    fake.add_pod(GPU_PENDING)  # (its Unschedulable condition written: events still read)
+    fake.objects["/api/v1/namespaces/default/events/svc-abc.1"] = {
+        "metadata": {"name": "svc-abc.1"},
+        "reason": "TriggeredScaleUp",
+        "involvedObject": {"kind": "Pod", "name": "svc-abc", "uid": "uid-svc-abc"},
+        "message": "pod triggered scale-up: [{gpu-pool 0->1 (max: 4)}]",
+    }
+    pending = [PodInfo("svc-abc", 0, "", "starting")]
+    backend.diagnose(_service(*pending), pending, {}, waited=60.0, timeout=300)  # past the grace
+    with pytest.raises(DeployError, match="the cluster autoscaler is adding a node"):
+        backend.diagnose(_service(*pending), pending, {}, waited=300.0, timeout=300)
+
+
 def test_diagnose_fails_a_crash_loop_at_once_with_the_log(
     k8s: tuple[KubernetesBackend, FakeKube],
 ) -> None:

@@ -172,9 +172,9 @@ class ObserveMixin:
         raw = {p["metadata"]["name"]: p for p in self._pods(service.name, ns)}
         names = [p.name for p in pending if p.name in raw]
         events: list[dict[str, Any]] = []
-        if any(
-            podstate.unschedulable(raw[n]) is None and _phase(raw[n]) == "Pending" for n in names
-        ) or (waited >= timeout):
+        # a pod not placed yet: its FailedScheduling (before the condition is written) and the
+        # cluster autoscaler's TriggeredScaleUp are events; a placed pod's trouble is in its status
+        if any(_unplaced(raw[n]) for n in names) or waited >= timeout:
             events = self.kube.items(collection("v1", "Event", ns))
         grace = min(GRACE_SECONDS, timeout / 4)
         found = []
@@ -236,8 +236,10 @@ def _exit_code(container_status: dict[str, Any]) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def _phase(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
+def _unplaced(pod: dict[str, Any]) -> bool:
+    """Pending on no node yet (the scheduler has not placed it)."""
+    phase = (pod.get("status") or {}).get("phase") or "Pending"
+    return phase == "Pending" and not (pod.get("spec") or {}).get("nodeName")
 
 
 __all__ = ["GRACE_SECONDS", "ObserveMixin"]
