@@ -155,10 +155,10 @@ class KubernetesBackend(ObserveMixin, Backend):
         bootstrap = Bootstrap.from_settings(
             kube_settings.bootstrap, kube_settings.bootstrap_image, __version__
         )
+        bootstrap.apply_all(objects)  # (as the golden manifests of each mode show it)
         template = bootstrap.label(compute.template_hash())
         for obj in objects:
             for pod_template in pod_templates(obj):
-                bootstrap.apply(pod_template)
                 pod_template.setdefault("metadata", {}).setdefault("labels", {})[TEMPLATE_LABEL] = (
                     template
                 )
