@@ -35,10 +35,10 @@ from hotpod.runtime import debug, logs, relay, storeapi
 from hotpod.runtime.apps import AppRunner
 from hotpod.runtime.asgi import HTTPError, Receive, Scope, Send, _header, _send_bytes, _send_json
 from hotpod.runtime.calls import CallsMixin
-from hotpod.runtime.launches import LaunchMixin, _read_json
+from hotpod.runtime.launches import LaunchMixin
 from hotpod.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hotpod.runtime.setup import chain, summary
-from hotpod.runtime.state import PodState
+from hotpod.runtime.state import PodState, read_json
 
 __all__ = ["PodApp", "PodState"]
 
@@ -178,7 +178,7 @@ class PodApp(LaunchMixin, CallsMixin):
             "pid": os.getpid(),
             "ready": st.loaded is not None,
             "launch_id": st.loaded.launch_id if st.loaded else None,
-            "launch_error": _read_json(st.launch_error_file),
+            "launch_error": read_json(st.launch_error_file),
         }
 
     def _info(self) -> dict[str, Any]:

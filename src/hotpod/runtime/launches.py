@@ -43,7 +43,7 @@ from hotpod.runtime.asgi import (
 )
 from hotpod.runtime.loader import Loaded, LoadError, load, reload_key
 from hotpod.runtime.setup import Setup, SetupError
-from hotpod.runtime.state import PodState
+from hotpod.runtime.state import PodState, read_json
 
 
 def _check_spec(spec: Any) -> None:
@@ -125,16 +125,16 @@ class LaunchMixin:
         try:
             # what the client (or the controller) waits to hear of a launch that failed: also
             # one the supervisor reported for a predecessor that died loading it
-            failure = _read_json(st.launch_error_file)
-            handed = _read_json(st.next_launch_file)
+            failure = read_json(st.launch_error_file)
+            handed = read_json(st.next_launch_file)
             failed: tuple[str, str] | None = None
             if handed is not None:
                 failed = await self._try_launch(handed)
                 st.next_launch_file.unlink(missing_ok=True)
                 if failed is None:
                     return True
-                failure = _read_json(st.launch_error_file)
-            spec = _read_json(st.launch_file)
+                failure = read_json(st.launch_error_file)
+            spec = read_json(st.launch_file)
             if spec is None and handed is None:  # a new pod: the service's last launch, if any
                 spec = await storeapi.cluster_launch(st)
             ok = spec is None or await self._try_launch(spec) is None
@@ -441,15 +441,3 @@ class LaunchMixin:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A small JSON file the runtime keeps, or None when it is absent or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        print(f"hotpod: ignoring unreadable {path}: {exc}", flush=True)
-        return None
-    return data if isinstance(data, dict) else None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from hotpod.runtime.loader import Loaded
 from hotpod.runtime.metrics import PodMetrics
@@ -63,3 +64,15 @@ class PodState:
         if self.call_threads is None:
             self.call_threads = CallThreads(self.threads)
         return self.call_threads
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file the runtime keeps, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"hotpod: ignoring unreadable {path}: {exc}", flush=True)
+        return None
+    return data if isinstance(data, dict) else None

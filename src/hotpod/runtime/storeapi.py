@@ -46,7 +46,7 @@ from hotpod.runtime.asgi import (
     _send_bytes,
     _send_json,
 )
-from hotpod.runtime.state import PodState
+from hotpod.runtime.state import PodState, read_json
 from hotpod.store import LocalStore, Manifest, Store, StoreError, check_digest
 
 PREFIX = "/_hotpod/store/"
@@ -284,18 +284,8 @@ def own_rank(peers: Sequence[str]) -> int:
 def read_cluster_launch() -> dict[str, Any] | None:
     """The service's last launch as the backend recorded it (``HOTPOD_LAUNCH_FILE``)."""
     path = os.environ.get("HOTPOD_LAUNCH_FILE")
-    if not path:
-        return None
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        print(f"hotpod: ignoring the unreadable launch {path}: {exc}", flush=True)
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
-        return None
-    return doc
+    doc = read_json(Path(path)) if path else None
+    return doc if doc is not None and isinstance(doc.get("spec"), dict) else None
 
 
 async def cluster_launch(state: PodState) -> dict[str, Any] | None:
