@@ -205,8 +205,7 @@ class PodClient:
             self.executor(len(pods)).submit(self._call, p, method, body, ctype, opts, request_id)
             for p in pods
         ]
-        if watch is not None:
-            watch(futures)
+        watch(futures)
         results: list[Any] = [None] * len(pods)
         errors: dict[int, BaseException] = {}
         for i, fut in enumerate(futures):
@@ -307,8 +306,12 @@ class PodClient:
         path = f"/call/{method}" if method else "/call"
         start = time.monotonic()
         deadline = start + opts.timeout if opts.timeout else None
-        what = f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
-        return path, self.call_headers(ctype, opts, request_id), start, deadline, what
+        headers = self.call_headers(ctype, opts, request_id)
+        return path, headers, start, deadline, self.describe(pod, method)
+
+    def describe(self, pod: PodInfo, method: str) -> str:
+        """A call as its errors name it."""
+        return f"call to {self.service}{'.' + method if method else ''} on pod {pod.name}"
 
     def retry_delay(
         self,

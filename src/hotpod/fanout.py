@@ -14,7 +14,6 @@ whose connection broke before, and of a pod that refused the connection or close
 
 from __future__ import annotations
 
-import json
 import select
 import time
 from collections.abc import Sequence
@@ -64,7 +63,7 @@ def broadcast(
         )
 
     def what(pod: PodInfo) -> str:  # (only for errors)
-        return client.call_setup(pod, method, ctype, opts, request_id)[4]
+        return client.describe(pod, method)
 
     # one request for every pod: same path, headers and body (only Host differs)
     path, headers, _, _, _ = client.call_setup(pods[0], method, ctype, opts, request_id)
@@ -143,12 +142,10 @@ def _done(
     is decoded here at once), or its answer read on as a call to one pod reads it."""
     resp = p.resp
     if resp.complete and resp.status == 200:
-        data = resp.peek()
-        if data[:1] == wire.FRAME_JSON and len(data) - wire.HEAD_SIZE == int.from_bytes(
-            data[1 : wire.HEAD_SIZE], "big"
-        ):
+        single = wire.single_frame(resp.peek())
+        if single is not None and single[0] == wire.FRAME_JSON:
             try:
-                results[p.i] = json.loads(data[wire.HEAD_SIZE :].decode())
+                results[p.i] = wire.decode_result(*single)
             except ValueError:
                 pass
             else:

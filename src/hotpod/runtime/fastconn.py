@@ -73,6 +73,19 @@ def answer_head(size: int) -> bytes:
     return _HEAD + str(size).encode() + _HEAD_END
 
 
+def send_answer(sock: socket.socket, out: wire.Body) -> bool:
+    """Send a whole answer of ``out`` (its length known); False if the caller went away."""
+    try:
+        if isinstance(out, bytes):
+            sock.sendall(answer_head(len(out)) + out)
+        else:
+            for piece in wire.coalesce([answer_head(out.nbytes), out]):
+                sock.sendall(piece)
+    except OSError:
+        return False
+    return True
+
+
 def fast_head(
     url: bytes, parser: Any, headers: list[tuple[bytes, bytes]], limit: int
 ) -> int | None:
@@ -201,14 +214,7 @@ class Answer:
             if self.started:
                 self._chunks(wire.coalesce([out]), b"0\r\n\r\n")
                 return self.ok
-            try:
-                if isinstance(out, bytes):
-                    self.sock.sendall(answer_head(len(out)) + out)
-                else:
-                    for piece in wire.coalesce([answer_head(out.nbytes), out]):
-                        self.sock.sendall(piece)
-            except OSError:
-                self.ok = False
+            self.ok = send_answer(self.sock, out)
             return self.ok
 
     def _chunks(self, pieces: list[bytes | bytearray | memoryview], last: bytes) -> None:
@@ -267,8 +273,8 @@ def execute(
         if isinstance(out, (bytes, wire.Parts)):
             st.metrics.call_done_threadsafe(call.method, call.started, _error_type(out))
             return out
-        try:  # it returned a generator: stream it
-            _not_plain[getattr(call.target, "__func__", call.target)] = True
+        try:  # it returned a generator: stream it (and take the ordinary path from now on)
+            _plain[getattr(call.target, "__func__", call.target)] = False
         except TypeError:  # (not weakly referenceable: checked again each call)
             pass
         if answer is None:
@@ -379,7 +385,7 @@ class Conn:
                 if not isinstance(out, (bytes, wire.Parts)):
                     data, stream, close = self._buf, out, False
                     break
-                sent = answer.end(out) if answer is not None else self._send(sock, out)
+                sent = answer.end(out) if answer is not None else send_answer(sock, out)
                 if not sent or self.closing:
                     break
                 nxt = self._next(sock)
@@ -395,17 +401,6 @@ class Conn:
                 self.loop.call_soon_threadsafe(self._take_back, data, stream, close)
             except RuntimeError:  # the loop is closed: the pod is shutting down
                 pass
-
-    def _send(self, sock: socket.socket, out: wire.Body) -> bool:
-        try:
-            if isinstance(out, bytes):
-                sock.sendall(answer_head(len(out)) + out)
-            else:
-                for piece in wire.coalesce([answer_head(out.nbytes), out]):
-                    sock.sendall(piece)
-        except OSError:  # the caller went away
-            return False
-        return True
 
     def _next(self, sock: socket.socket) -> Call | _Handback | None:
         """The connection's next request as a fast call; ``_HANDBACK`` when the event loop
@@ -486,8 +481,7 @@ def _authorized(headers: dict[bytes, bytes], token: str) -> bool:
     return hmac.compare_digest(given, token.encode())
 
 
-#: functions known to be plain sync (True) or seen returning a generator (False)
-_not_plain: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: functions known to be plain sync (True), or not: async, generators, or seen returning one
 _plain: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
@@ -498,7 +492,7 @@ def _plain_sync(target: Callable[..., Any]) -> bool:
     except TypeError:  # (not weakly referenceable)
         known = None
     if known is not None:
-        return known and func not in _not_plain
+        return known
     plain = not (
         inspect.iscoroutinefunction(target)
         or inspect.isasyncgenfunction(target)
@@ -508,12 +502,8 @@ def _plain_sync(target: Callable[..., Any]) -> bool:
         _plain[func] = plain
     except TypeError:
         pass
-    return plain and func not in _not_plain
+    return plain
 
 
 def _error_type(out: wire.Body) -> str | None:
-    if isinstance(out, wire.Parts) or out[:1] not in (wire.FRAME_EXC, wire.FRAME_ERROR):
-        return None
-    from hotpod.runtime.calls import _error_type as error_type
-
-    return error_type(out)
+    return None if isinstance(out, wire.Parts) else calls._error_type(out)
