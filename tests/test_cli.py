@@ -72,3 +72,15 @@ def test_token_prints_what_the_pods_accept(services):
     r = httpx.get(f"{pod.url}/metrics", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and "hotpod_calls_total" in r.text
     assert "no service named 'nope'" in run("token", "nope", code=1)
+
+
+def test_python_m_hotpod_cli_has_every_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "hotpod.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert {"dockerfile", "manifest", "list"} <= set(main.commands)
+    for command in main.commands:  # (they were registered after the __main__ guard)
+        assert f"  {command} " in out, out

@@ -11,11 +11,8 @@ from typing import Any
 
 import click
 
+from hotpod.cli_specs import _fail, dockerfile, manifest
 from hotpod.errors import HotpodError
-
-
-def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
 
 
 def _age(created: float) -> str:
@@ -30,6 +27,10 @@ def _age(created: float) -> str:
 @click.version_option(package_name="hotpod")
 def main() -> None:
     """Run Python functions and classes on a pool of pods and call them like local code."""
+
+
+main.add_command(dockerfile)
+main.add_command(manifest)
 
 
 @main.command("list")
@@ -531,13 +532,3 @@ def debug(name: str, pod: str | None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _add_spec_commands() -> None:
-    from hotpod.cli_specs import dockerfile, manifest
-
-    main.add_command(dockerfile)
-    main.add_command(manifest)
-
-
-_add_spec_commands()

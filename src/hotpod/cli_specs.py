@@ -14,6 +14,7 @@ from hotpod.errors import HotpodError
 
 
 def _fail(exc: Exception) -> None:
+    """End a command with ``exc``'s message (every hotpod command fails this way)."""
     raise click.ClickException(str(exc)) from exc
 
 
