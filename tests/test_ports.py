@@ -31,3 +31,25 @@ def test_a_port_in_use_is_never_handed_out(monkeypatch) -> None:
 def test_without_a_range_file_the_usual_range_is_assumed(monkeypatch) -> None:
     monkeypatch.setattr(_ports, "_RANGE_FILE", "/nonexistent/ip_local_port_range")
     assert _ports.ephemeral_range() == (32768, 60999)
+
+
+def test_the_kernels_choice_is_not_handed_out_when_used(monkeypatch) -> None:
+    # a machine without room outside its ephemeral range: the kernel picks, `used` still holds
+    monkeypatch.setattr(_ports, "ephemeral_range", lambda: (_ports.LOW + 10, 65535))
+    picks = iter([40001, 40001, 40002])
+
+    class Socket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, addr):
+            self.port = next(picks)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(_ports.socket, "socket", Socket)
+    assert _ports.free_port({40001}) == 40002

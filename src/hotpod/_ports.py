@@ -46,6 +46,10 @@ def free_port(used: Collection[int] = ()) -> int:
             port = random.choice(choices)
             if port not in used and _bindable(port):
                 return port
-    with socket.socket() as s:  # (a machine without room outside its ephemeral range)
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(256):  # (a machine without room outside its ephemeral range)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in used:
+            return port
+    raise OSError(f"no free TCP port outside the {len(used)} in use here")

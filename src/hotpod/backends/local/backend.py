@@ -134,9 +134,7 @@ class LocalBackend(Backend):
             try:
                 return self._http().request(method, path, **kw)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                if self._client is not None:  # its connections were to a controller now gone
-                    self._client.close()
-                    self._client = None
+                self.close()  # its connections were to a controller now gone
                 if isinstance(exc, httpx.ReadError) and method != "GET":
                     raise HotpodError(
                         f"lost the local controller during {method} {path} ({exc}); see "

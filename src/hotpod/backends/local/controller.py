@@ -288,9 +288,11 @@ class Controller:
         dist = svc["template"].get("distribute")
         meta = {k: v for k, v in svc["meta"].items() if k != "dist_port"}
         if isinstance(dist, dict) and dist.get("kind") != "spmd" and not dist.get("port"):
-            port = kept or self._free_port()
-            while dist.get("kind") == "ray" and port in RAY_WORKER_PORTS:  # Ray's workers' range
-                port = self._free_port()
+            ray = dist.get("kind") == "ray"  # (its port must not be in its workers' range)
+            port = kept
+            if not port or (ray and port in RAY_WORKER_PORTS):
+                used = self._used_ports()
+                port = free_port(used | set(RAY_WORKER_PORTS) if ray else used)
             meta["dist_port"] = port
         svc["meta"] = meta
 
