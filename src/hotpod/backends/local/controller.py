@@ -327,19 +327,28 @@ class Controller:
         """Wait until a pod answers /health as ready (its last launch resumed)."""
         deadline = time.monotonic() + timeout
         resumes = (self.pod_root(pod.service, pod.name) / ".hotpod" / "launch.json").exists()
-        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
         while time.monotonic() < deadline and pod.alive():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
-                writer.write(request)
-                answer = await asyncio.wait_for(reader.read(), 2)
-                writer.close()
-                if b" 200 " in answer and (b'"ready": true' in answer or not resumes):
-                    return True  # (a pod that never served a launch has nothing to resume)
-            except (OSError, asyncio.TimeoutError):
-                pass
+            health = await self.health(pod, 2.0)
+            if health is not None and (health.get("ready") is True or not resumes):
+                return True  # (a pod that never served a launch has nothing to resume)
             await asyncio.sleep(0.05)
         return False
+
+    async def health(self, pod: Pod, timeout: float = 1.0) -> dict[str, Any] | None:
+        """A pod's ``/health`` answer, or None when it does not answer (yet)."""
+        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
+            try:
+                writer.write(request)
+                answer = await asyncio.wait_for(reader.read(), timeout)
+            finally:
+                writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            health = json.loads(body) if b" 200 " in head.split(b"\r\n")[0] else None
+        except (OSError, ValueError, asyncio.TimeoutError):
+            return None
+        return health if isinstance(health, dict) else None
 
     async def monitor(self) -> None:
         idle_since = time.monotonic()

@@ -257,26 +257,10 @@ class Autoscalers:
             old.cancel()
         sc.watchers[pod.name] = asyncio.get_running_loop().create_task(self._until_ready(sc, pod))
 
-    async def _health(self, pod: Pod) -> dict[str, Any] | None:
-        """A pod's ``/health`` answer, or None when it does not answer (yet)."""
-        request = b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
-            try:
-                writer.write(request)
-                answer = await asyncio.wait_for(reader.read(), 1.0)
-            finally:
-                writer.close()
-            head, _, body = answer.partition(b"\r\n\r\n")
-            health = json.loads(body) if b" 200 " in head.split(b"\r\n")[0] else None
-        except (OSError, ValueError, asyncio.TimeoutError):
-            return None
-        return health if isinstance(health, dict) else None
-
     async def _until_ready(self, sc: Scaled, pod: Pod) -> None:
         """Poll the pod's /health until it says ready, then let the router use it."""
         while pod.status != "stopped" and pod in self.ctl.pods.get(sc.name, []):
-            health = await self._health(pod)
+            health = await self.ctl.health(pod)
             if health is not None:
                 self._observe(sc, pod, health)
                 if health.get("ready"):
@@ -297,7 +281,7 @@ class Autoscalers:
         while sc.pending is not None:
             for pod in list(self.ctl.pods.get(sc.name, [])):
                 if pod.status == "running" and sc.pending is not None:
-                    health = await self._health(pod)
+                    health = await self.ctl.health(pod)
                     if health is not None:
                         self._observe(sc, pod, health)
             await asyncio.sleep(VERIFY_POLL)
