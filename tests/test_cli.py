@@ -84,3 +84,10 @@ def test_python_m_hotpod_cli_has_every_command() -> None:
     assert {"dockerfile", "manifest", "list"} <= set(main.commands)
     for command in main.commands:  # (they were registered after the __main__ guard)
         assert f"  {command} " in out, out
+
+
+def test_teardown_volumes_on_the_local_backend_says_it_makes_no_claims(hotpod_home) -> None:
+    result = CliRunner().invoke(main, ["teardown", "svc", "--volumes"])
+    assert result.exit_code == 1
+    assert "the local backend makes no volume claims" in result.output
+    assert "'hotpod teardown svc'" in result.output

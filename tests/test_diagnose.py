@@ -34,7 +34,7 @@ class FakeBackend(Backend):
     def list(self) -> builtins.list[ServiceInfo]:
         return [self.info]
 
-    def teardown(self, name: str) -> bool:
+    def teardown(self, name: str, volumes: bool = False) -> bool:
         return False
 
     def teardown_all(self) -> builtins.list[str]:

@@ -472,19 +472,7 @@ def teardown(name: str | None, all_: bool, volumes: bool) -> None:
     if volumes and not name:
         raise click.UsageError("--volumes deletes the claims of one service: give its NAME")
     try:
-        if volumes and name:
-            from hotpod.backends import get_backend
-
-            backend = get_backend()
-            if backend.name != "kubernetes":
-                raise HotpodError(
-                    f"--volumes: the {backend.name} backend makes no volume claims; run "
-                    f"'hotpod teardown {name}' without it"
-                )
-            gone = backend.teardown(name, volumes=True)  # type: ignore[call-arg]
-            deleted = [name] if gone else []
-        else:
-            deleted = teardown_services(name, all=all_)
+        deleted = teardown_services(name, all=all_, volumes=volumes)
     except HotpodError as exc:
         _fail(exc)
     if not deleted and not all_:

@@ -137,8 +137,9 @@ def shell(name: str, pod: str | None = None) -> PodShell:
     return get_backend().shell(name, pod)
 
 
-def teardown(name: str | None = None, *, all: bool = False) -> list[str]:
+def teardown(name: str | None = None, *, all: bool = False, volumes: bool = False) -> list[str]:
     """Delete one service (``name``) or every service (``all=True``); returns what was deleted.
+    ``volumes=True`` deletes one service's volume claims too (Kubernetes keeps them otherwise).
 
     ``all=True`` also stops the local controller, so no hotpod process is left running. On a pod
     this does nothing (like ``.to()``, so that a module that tears down at import time is safe to
@@ -155,4 +156,4 @@ def teardown(name: str | None = None, *, all: bool = False) -> list[str]:
         return names
     if name is None:
         raise ValueError("teardown needs a service name, or all=True")
-    return [name] if backend.teardown(name) else []
+    return [name] if backend.teardown(name, volumes=volumes) else []

@@ -131,8 +131,9 @@ class Backend(abc.ABC):
     def list(self) -> list[ServiceInfo]: ...
 
     @abc.abstractmethod
-    def teardown(self, name: str) -> bool:
-        """Delete the service and its pods; False if there was none."""
+    def teardown(self, name: str, volumes: bool = False) -> bool:
+        """Delete the service and its pods; False if there was none. With ``volumes`` also the
+        claims made for its volumes (a backend that makes none raises HotpodError)."""
 
     @abc.abstractmethod
     def teardown_all(self) -> builtins.list[str]:

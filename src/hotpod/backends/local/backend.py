@@ -250,7 +250,12 @@ class LocalBackend(Backend):
             return []
         return [ServiceInfo.from_dict(d) for d in self._request("GET", "/services").json()]
 
-    def teardown(self, name: str) -> bool:
+    def teardown(self, name: str, volumes: bool = False) -> bool:
+        if volumes:
+            raise HotpodError(
+                f"the {self.name} backend makes no volume claims: tear {name!r} down without "
+                f"deleting volumes ('hotpod teardown {name}')"
+            )
         if not self._known():
             return False
         return self._request("DELETE", f"/services/{name}").status_code == 200
