@@ -149,3 +149,13 @@ def test_wait_ready_returns_the_pods_as_the_backend_sees_them_once_they_answer()
     compute = Compute(cpus="0.1").distribute("ray", workers=2)
     peers = deploy.distribution_spec(compute, service)["peers"]
     assert peers == ["10.0.0.2:32300", "10.0.0.3:32300"]
+
+
+def test_a_ray_pool_with_num_proc_fails_on_every_backend_before_anything_is_made() -> None:
+    from hotpod import deploy
+    from hotpod.compute import Compute
+    from hotpod.errors import DeployError
+
+    pool = Compute(cpus="0.1").distribute("ray", workers=2, num_proc=2)
+    with pytest.raises(DeployError, match=r"num_proc=2\): a Ray pool runs one Ray node"):
+        deploy.deploy(print, "fn", "svc", pool, backend=FakeBackend([]))  # (its apply raises)

@@ -130,6 +130,13 @@ def deploy(
     t0 = time.perf_counter()
     if not isinstance(compute, Compute):
         raise SpecError(f"compute={compute!r}: expected a hotpod.Compute")
+    dist = compute.distribution
+    if dist is not None and dist.kind == "ray" and dist.procs_per_pod > 1:  # (every backend)
+        raise DeployError(
+            f"service {name!r}: distribute('ray', num_proc={dist.num_proc}): a Ray pool runs one "
+            "Ray node per pod, which starts Ray's own workers; use num_proc=1 (Ray schedules "
+            "tasks on the node's cpus)"
+        )
     backend = backend or get_backend()
     if compute.uses_existing_pods and not backend.adopts_pods:
         raise DeployError(

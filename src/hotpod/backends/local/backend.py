@@ -22,7 +22,6 @@ from hotpod._files import tail
 from hotpod.backends.base import Backend, Plan, PodShell, PodStats, ServiceInfo, pick_pods
 from hotpod.config import Settings
 from hotpod.errors import (
-    DeployError,
     HotpodError,
     ResourceUnavailableError,
     ServiceNotFoundError,
@@ -175,13 +174,6 @@ class LocalBackend(Backend):
 
     def check(self, plan: Plan) -> None:
         tpl = plan.template
-        dist = tpl.get("distribute")
-        if isinstance(dist, dict) and dist.get("kind") == "ray" and (dist.get("num_proc") or 1) > 1:
-            raise DeployError(
-                f"service {plan.name!r}: distribute('ray', num_proc={dist['num_proc']}): a Ray "
-                "pool runs one Ray node per pod, which starts Ray's own workers; use "
-                "num_proc=1 (Ray schedules tasks on the node's cpus)"
-            )
         gpus = int(tpl.get("gpus") or 0)
         if gpus:
             have = machine_gpus()
