@@ -344,12 +344,13 @@ class AppRunner:
         self,
         app: dict[str, Any],
         cwd: Path,
-        env: dict[str, str],
+        env: Mapping[str, Any],
         python: str,
         timeout: float,
     ) -> AppProcess:
-        """Start the launch's app and make it current once it answers; stop the previous one.
-        Raises AppError (the previous app still serves unless its fixed port had to be freed)."""
+        """Start the launch's app (``env``: the launch's variables, over the pod's) and make it
+        current once it answers; stop the previous one. Raises AppError (the previous app still
+        serves unless its fixed port had to be freed)."""
         loop = asyncio.get_running_loop()
         if not self._cleaned:
             await loop.run_in_executor(None, _kill_leftovers, self.pidfile)
@@ -359,7 +360,7 @@ class AppRunner:
             await self.stop()  # the fixed port must be free for the new process
         port = port or free_port()
         argv = argv_of(app["command"], python)
-        full_env = app_env(env, {}, port, str(Path(python).parent), str(cwd))
+        full_env = app_env(os.environ, env, port, str(Path(python).parent), str(cwd))
         self._write_pids(extra=None)
         new = await AppProcess.start(
             argv, cwd, full_env, port, app.get("health"), self.pod_log, self.tag

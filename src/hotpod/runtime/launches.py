@@ -412,13 +412,12 @@ class LaunchMixin:
                 raise LoadError("sync", f"could not unpack the code: {exc}") from None
         paths = code.get("paths") or [""]
         cwd = workdir or (snapshot / paths[0] if snapshot is not None else st.root)
-        env = {**os.environ, **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
         python = sys.executable
         if st.venv is not None and (st.venv / "bin" / "python").exists():
             python = str(st.venv / "bin" / "python")
         try:
             app = await self.apps.replace(
-                spec["app"], cwd, env, python, float(spec.get("timeout") or 300)
+                spec["app"], cwd, spec.get("env") or {}, python, float(spec.get("timeout") or 300)
             )
         except AppError as exc:
             if snapshot is not None and previous and previous != manifest:
