@@ -397,9 +397,9 @@ class Controller:
 
     async def apply(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         template = body["template"]
-        replicas = self.scalers.replicas(name, template, int(body["replicas"]))
         thash = template_hash(template)
-        async with self.lock:
+        async with self.lock:  # (the count too: the autoscaler changes it under this lock)
+            replicas = self.scalers.replicas(name, template, int(body["replicas"]))
             svc = self.services.get(name)
             if svc is None:
                 svc = {
