@@ -495,11 +495,7 @@ class KubernetesBackend(ObserveMixin, Backend):
         self._apply_object(body, ns, prune=False)  # (its one key is rewritten whole)
 
     def ship(self, service: ServiceInfo, client: PodClient, spec: dict[str, Any]) -> None:
-        shipper = Shipper(self.store(), service.token, service.name)
-        try:
-            shipper.ship_all(service.pods, spec)
-        finally:
-            shipper.close()
+        Shipper(self.store(), client).ship_all(service.pods, spec)
 
 
 def _selector_text(selector: Mapping[str, str] | None) -> str:

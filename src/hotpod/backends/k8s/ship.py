@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hotpod import transport, wire
 from hotpod.backends.base import PodInfo
@@ -21,28 +20,25 @@ from hotpod.errors import DeployError
 from hotpod.runtime.storeapi import PREFIX, wanted
 from hotpod.store import Store
 
+if TYPE_CHECKING:
+    from hotpod.client import PodClient
+
 TIMEOUT = 300.0
 
 
 class Shipper:
-    """Uploads store content to pods through hotpod's transport (direct, or a proxy route)."""
+    """Uploads store content to pods with the service's client: its transport (direct, or a
+    proxy route), credentials and threads; the connections stay warm for the launch."""
 
-    def __init__(self, store: Store, token: str, service: str) -> None:
+    def __init__(self, store: Store, client: PodClient) -> None:
         self.store = store
-        self.service = service
-        self.headers = {
-            "Authorization": f"Bearer {token}",
-            wire.HEADER_PROTOCOL: wire.PROTOCOL_VERSION,
-        }
-        self.transport = transport.Transport()
-
-    def close(self) -> None:
-        self.transport.close()
+        self.client = client
+        self.service = client.service
 
     def _post(self, pod: PodInfo, path: str, body: bytes, ctype: str) -> bytes:
-        headers = {**self.headers, "Content-Type": ctype}
+        headers = {**self.client._headers, "Content-Type": ctype}
         try:
-            resp = self.transport.request(pod.url, PREFIX + path, body, headers, TIMEOUT)
+            resp = self.client._transport.request(pod.url, PREFIX + path, body, headers, TIMEOUT)
             data = resp.read()
         except (transport.Unreachable, transport.Broken, transport.TimedOut) as exc:
             raise DeployError(
@@ -82,8 +78,7 @@ class Shipper:
     def ship_all(self, pods: Sequence[PodInfo], spec: dict[str, Any]) -> list[tuple[int, int]]:
         if len(pods) <= 1:
             return [self.ship(p, spec) for p in pods]
-        with ThreadPoolExecutor(min(len(pods), 16), thread_name_prefix="hotpod-ship") as pool:
-            return list(pool.map(lambda p: self.ship(p, spec), pods))
+        return list(self.client.executor(len(pods)).map(lambda p: self.ship(p, spec), pods))
 
 
 __all__ = ["Shipper", "wanted"]
