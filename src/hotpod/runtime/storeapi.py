@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,24 +127,14 @@ async def _receive_blob(state: PodState, digest: str, scope: Scope, receive: Rec
             raise HTTPError(400, f"the body does not hash to {digest}")
         store.put_bytes(data)
         return
-    target = store.blob_path(digest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    h = hashlib.sha256()
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in _body_chunks(receive, limit, "blob"):
-                size += len(chunk)
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != digest:
-            raise HTTPError(400, f"the body ({size} bytes) hashes to {h.hexdigest()}, not {digest}")
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            Path(tmp).unlink()
+    with store.new_blob(digest) as blob:
+        async for chunk in _body_chunks(receive, limit, "blob"):
+            blob.write(chunk)
+        if blob.digest != digest:
+            raise HTTPError(
+                400, f"the body ({blob.size} bytes) hashes to {blob.digest}, not {digest}"
+            )
+        blob.commit()
 
 
 def _put_manifest(state: PodState, manifest_id: str, body: bytes) -> None:

@@ -8,7 +8,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,30 +86,31 @@ class LocalStore(Store):
         return self._put_stream(Path(path), digest)
 
     def _put_stream(self, path: Path, digest: str | None) -> str:
-        # With the digest unknown, the temp file goes in blobs/ and is renamed by content.
+        with self.new_blob(digest) as blob, open(path, "rb") as src:
+            while chunk := src.read(_CHUNK):
+                blob.write(chunk)
+            if digest is not None and blob.digest != digest:
+                raise StoreError(
+                    f"{path} hashes to {blob.digest}, not the expected {digest}: it changed "
+                    "while being stored. Sync again."
+                )
+            blob.commit()
+        return blob.digest
+
+    @contextmanager
+    def new_blob(self, digest: str | None = None) -> Iterator[NewBlob]:
+        """A blob written in chunks to a temp file (beside its place when ``digest`` is known,
+        else in blobs/), hashed as it goes; ``commit()`` publishes it under the digest it has,
+        and what is not committed is deleted."""
         parent = self.blob_path(digest).parent if digest else self._blobs
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=parent)
+        blob = NewBlob(self, os.fdopen(fd, "wb"), tmp_name)
         try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-            actual = h.hexdigest()
-            if digest is not None and actual != digest:
-                raise StoreError(
-                    f"{path} hashes to {actual}, not the expected {digest}: it changed while "
-                    "being stored. Sync again."
-                )
-            target = self.blob_path(actual)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp_name, 0o444)
-            os.replace(tmp_name, target)
-            return actual
-        except BaseException:
-            _unlink(tmp_name)
-            raise
+            yield blob
+        finally:
+            blob.file.close()
+            _unlink(tmp_name)  # (nothing there once committed)
 
     def open_blob(self, digest: str) -> IO[bytes]:
         try:
@@ -329,3 +331,31 @@ def _parse_delta(data: bytes, manifest_id: str) -> dict[str, Any]:
         }
     except (ValueError, TypeError, KeyError, AttributeError, StoreError) as exc:
         raise StoreError(f"Manifest {manifest_id} is corrupt: malformed delta ({exc}).") from None
+
+
+class NewBlob:
+    """A blob being written (:meth:`LocalStore.new_blob`)."""
+
+    def __init__(self, store: LocalStore, file: IO[bytes], tmp_name: str) -> None:
+        self.store = store
+        self.file = file
+        self.tmp_name = tmp_name
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> None:
+        """Publish the blob under its digest (read-only, moved into place whole)."""
+        self.file.close()
+        target = self.store.blob_path(self.digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.tmp_name, 0o444)
+        os.replace(self.tmp_name, target)
