@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from hotpod import coderef, codesync
 from hotpod.backends import Backend, Plan, ServiceInfo, get_backend
@@ -97,7 +96,7 @@ def distribution_spec(compute: Compute, service: ServiceInfo) -> dict[str, Any]:
     return {
         "kind": dist.kind,
         "port": port,
-        "peers": [p.address or urlsplit(p.url).netloc or p.url for p in pods],
+        "peers": [p.peer for p in pods],
     }
 
 

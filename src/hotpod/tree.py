@@ -78,18 +78,12 @@ def _split(pods: Sequence[PodInfo], n: int) -> list[Sequence[PodInfo]]:
     return [g for g in groups if g]
 
 
-def _address(pod: PodInfo) -> str:
-    from urllib.parse import urlsplit
-
-    return pod.address or urlsplit(pod.url).netloc
-
-
 def targets(group: Sequence[PodInfo], procs: int, degree: int) -> list[Any]:
     """The relay targets of ``group``'s first pod: its processes, then a subtree per part of
     the rest (leaves in rank order)."""
     out: list[Any] = ["self", *(f"local:{k}" for k in range(1, procs))]
     for sub in _split(group[1:], degree) if len(group) > 1 else []:
-        out.append({"addr": _address(sub[0]), "targets": targets(sub, procs, degree)})
+        out.append({"addr": sub[0].peer, "targets": targets(sub, procs, degree)})
     return out
 
 

@@ -48,6 +48,13 @@ class PodInfo:
     #: ``host:port`` where the pod's peers reach it (distributed pools), when not the url's
     address: str | None = None
 
+    @property
+    def peer(self) -> str:
+        """``host:port`` where the pod's peers reach it: ``address``, else its URL's."""
+        from urllib.parse import urlsplit
+
+        return self.address or urlsplit(self.url).netloc or self.url
+
 
 @dataclass(frozen=True)
 class PodStats:
