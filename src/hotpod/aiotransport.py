@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 import httptools
 
 from hotpod.transport import (
-    IDLE_CLOSE_WINDOW,
     Broken,
     ResponseHead,
     Route,
@@ -30,6 +29,7 @@ from hotpod.transport import (
     Unreachable,
     request_buffers,
     target,
+    unanswered,
 )
 from hotpod.wire import Body
 
@@ -257,9 +257,7 @@ class AsyncTransport:
         except (OSError, Broken) as exc:
             resp.abandon()
             broken = exc if isinstance(exc, Broken) else Broken(f"{type(exc).__name__}: {exc}")
-            broken.unanswered = not resp.received and (
-                not sent or time.monotonic() - sent < IDLE_CLOSE_WINDOW
-            )
+            broken.unanswered = unanswered(resp.received, sent)
             raise broken from None
         except BaseException:  # timed out, cancelled
             resp.abandon()

@@ -103,9 +103,7 @@ def broadcast(
                 except (transport.Broken, transport.TimedOut) as exc:
                     del pending[fd]
                     poller.unregister(fd)
-                    unread = not p.resp.received and (
-                        time.monotonic() - p.sent < transport.IDLE_CLOSE_WINDOW
-                    )
+                    unread = transport.unanswered(p.resp.received, p.sent)
                     if unread and isinstance(exc, transport.Broken):  # closed while idle
                         on_pool(p.i)
                     else:

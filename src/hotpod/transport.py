@@ -243,33 +243,27 @@ class ResponseHead:
         return self._complete
 
 
-def request_head(path: str, host: bytes, headers: dict[str, str], length: int) -> bytes:
-    """The request line and headers of a POST of ``length`` bytes."""
-    head = [f"POST {path} HTTP/1.1\r\nHost: ".encode(), host, b"\r\n"]
-    for name, value in headers.items():
-        head.append(f"{name}: {value}\r\n".encode("latin-1"))
-    head.append(f"Content-Length: {length}\r\n\r\n".encode())
-    return b"".join(head)
+def unanswered(received: bool, sent: float) -> bool:
+    """Whether a request whose connection broke can be sent again: nothing of an answer came
+    and it was not all written (``sent`` 0) or written just now, to a connection the server
+    was closing as idle (it never read it)."""
+    return not received and (not sent or time.monotonic() - sent < IDLE_CLOSE_WINDOW)
 
 
 def request_buffers(
     path: str, host: bytes, headers: dict[str, str], body: Body
 ) -> list[bytes | bytearray | memoryview]:
-    """What to write for a request: one buffer, or for ``Parts`` the head and small parts
-    joined and each large part on its own (never copied)."""
-    if isinstance(body, Parts):
-        return coalesce([request_head(path, host, headers, body.nbytes), body])
-    return [request_head(path, host, headers, len(body)) + body]
+    """What to write for a request (see :meth:`Request.buffers`)."""
+    return Request(headers, body).buffers(path, host)
 
 
 class Request:
     """A POST of ``body`` with ``headers``, encoded once and sent to any number of pods
     (:meth:`Transport.send`): only the request line and ``Host`` differ between them."""
 
-    __slots__ = ("_rest", "body", "headers")
+    __slots__ = ("_rest", "body")
 
     def __init__(self, headers: dict[str, str], body: Body) -> None:
-        self.headers = headers
         self.body = body
         size = body.nbytes if isinstance(body, Parts) else len(body)
         lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
@@ -277,7 +271,8 @@ class Request:
         self._rest = b"".join(lines)
 
     def buffers(self, path: str, host: bytes) -> list[bytes | bytearray | memoryview]:
-        """What to write: as ``request_buffers`` does."""
+        """What to write: one buffer, or for ``Parts`` the head and small parts joined and
+        each large part on its own (never copied)."""
         head = b"".join(
             (b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host, b"\r\n", self._rest)
         )
@@ -317,11 +312,6 @@ class Response(ResponseHead):
     def fileno(self) -> int:
         """The connection's socket, to wait for the answer with ``select``/``poll``."""
         return self._conn.sock.fileno()
-
-    @property
-    def head_received(self) -> bool:
-        """The answer's status line and headers have arrived."""
-        return self._headers_done
 
     def poll(self) -> bool:
         """Take what the socket holds (call it when the socket is readable: one ``recv``,
@@ -453,9 +443,7 @@ class Transport:
         except (OSError, Broken) as exc:
             conn.close()
             broken = exc if isinstance(exc, Broken) else Broken(f"{type(exc).__name__}: {exc}")
-            broken.unanswered = not resp.received and (
-                not sent or time.monotonic() - sent < IDLE_CLOSE_WINDOW
-            )
+            broken.unanswered = unanswered(resp.received, sent)
             raise broken from None
         except TimedOut:
             conn.close()
