@@ -792,3 +792,36 @@ def test_pip_bootstrap_starts_the_runtime_when_hotpod_imports(
     backend.apply(_plan(Compute(replicas=1)))
     deployment = fake.objects["/apis/apps/v1/namespaces/default/deployments/svc"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == command
+
+
+def test_the_kubeconfig_gives_the_server_and_the_namespace_of_the_context_asked_for(
+    tmp_path: Path,
+) -> None:
+    from hotpod.backends.k8s.kube import Kube
+    from hotpod.config import KubeSettings
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "a",
+                "clusters": [
+                    {"name": "ca", "cluster": {"server": "https://a.example:6443"}},
+                    {"name": "cb", "cluster": {"server": "https://b.example:6443"}},
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [
+                    {"name": "a", "context": {"cluster": "ca", "user": "u", "namespace": "na"}},
+                    {"name": "b", "context": {"cluster": "cb", "user": "u", "namespace": "nb"}},
+                ],
+            }
+        )
+    )
+    current = Kube(KubeSettings(kubeconfig=str(kubeconfig)))
+    assert (current.server, current.namespace) == ("https://a.example:6443", "na")
+    other = Kube(KubeSettings(kubeconfig=str(kubeconfig), context="b"))
+    assert (other.server, other.namespace) == ("https://b.example:6443", "nb")
+    for kube in (current, other):
+        kube.close()

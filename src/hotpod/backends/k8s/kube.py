@@ -89,9 +89,8 @@ class Kube:
                     client_configuration=cfg,
                     persist_config=False,
                 )
-                _, active = config.list_kube_config_contexts(settings.kubeconfig)
+                contexts, active = config.list_kube_config_contexts(settings.kubeconfig)
                 if settings.context:
-                    contexts, _ = config.list_kube_config_contexts(settings.kubeconfig)
                     active = next(c for c in contexts if c["name"] == settings.context)
                 namespace = (active.get("context") or {}).get("namespace")
         except (config.ConfigException, OSError, StopIteration, TypeError) as exc:
